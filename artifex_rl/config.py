@@ -1,0 +1,47 @@
+"""Settings shared by every trainer.
+
+Algorithm configs (``REINFORCEConfig``, ``PPOConfig``, ...) subclass
+:class:`TrainerConfig`, so one object carries both the algorithm's
+hyper-parameters and the loop's settings. The loop settings are keyword-only,
+which keeps the algorithm fields first for positional construction exactly as
+the seeds document them (``REINFORCEConfig(0.99, True, 0.01)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    """Loop settings of :class:`artifex_rl.Trainer`.
+
+    Attributes:
+      log_every_n_steps: metrics are pulled from the device, averaged over the
+        interval and handed to callbacks every this many global steps. Between
+        logging steps the loop never waits for the device.
+      max_grad_norm: clip the gradient to this global L2 norm inside the
+        compiled step (``None`` disables clipping).
+      grad_accum_steps: split each (mini)batch into this many micro-batches
+        along axis 0, average their gradients and apply one optimizer update.
+      seed: seed of the trainer's RNG stream (the ``rng`` handed to
+        ``compute_loss``; sampling inside the model uses the model's own Rngs).
+    """
+
+    log_every_n_steps: int = 10
+    max_grad_norm: float | None = None
+    grad_accum_steps: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of every field (for checkpoints and loggers)."""
+        return {"config_class": type(self).__name__, **dataclasses.asdict(self)}

@@ -1,0 +1,155 @@
+"""The event bus: the :class:`Callback` base class and its ordered dispatcher.
+
+Hook names and their order follow Lightning, so code written against
+Lightning callbacks reads the same here::
+
+    on_train_begin
+      on_epoch_begin
+        on_train_batch_start -> train_step -> on_train_batch_end   (each batch)
+        on_log                                  (every log_every_n_steps)
+      on_epoch_end
+    on_train_end            (or on_exception, then the error is re-raised)
+
+Callbacks run in list order, except that callbacks with ``runs_last = True``
+(checkpointing, early stopping) run after all the others: a checkpoint then
+sees every other callback's state for the step, and early stopping decides
+after the loggers have recorded the step that triggered it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from artifex_rl.trainer import Trainer
+
+_log = logging.getLogger(__name__)
+
+
+class Callback:
+    """Base class for callbacks: override only the hooks you need.
+
+    Every hook receives the trainer first. ``metrics`` in
+    :meth:`on_train_batch_end` are the step's raw device scalars (reading them
+    forces a device sync; do it only every few steps). :meth:`on_log` receives
+    host floats averaged over the logging interval; inside ``fit`` it is the
+    place for loggers. A callback that keeps state across a run returns it
+    from :meth:`state_dict` (a JSON-serialisable dict); it is saved with every
+    checkpoint and handed back to :meth:`load_state_dict` on resume.
+    """
+
+    #: Run after all callbacks without this flag (checkpointing, early stopping).
+    runs_last: bool = False
+
+    @property
+    def state_key(self) -> str:
+        """Key under which this callback's state is stored in a checkpoint."""
+        return type(self).__qualname__
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Called once before the first step of ``fit`` (or a hand-written loop)."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """Called once after the last step when training ends without error."""
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        """Called at the start of each pass over the dataloader."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Called at the end of each pass; ``metrics`` are the latest logged host values."""
+
+    def on_train_batch_start(self, trainer: Trainer, batch: Mapping[str, Any], step: int) -> None:
+        """Called before ``train_step``; ``step`` is the global step about to run (0-based)."""
+
+    def on_train_batch_end(self, trainer: Trainer, metrics: Mapping[str, Any], step: int) -> None:
+        """Called after ``train_step``; ``metrics`` are device scalars, ``step`` as above."""
+
+    def on_log(self, trainer: Trainer, metrics: Mapping[str, float], step: int) -> None:
+        """Called by ``fit`` every ``log_every_n_steps`` with interval-averaged host metrics.
+
+        ``step`` is the number of optimisation steps taken so far (``trainer.global_step``).
+        """
+
+    def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
+        """Called when the loop raises; the exception is re-raised afterwards."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to save with checkpoints (JSON-serialisable)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def order_callbacks(callbacks: Iterable[Callback]) -> list[Callback]:
+    """List order, with ``runs_last`` callbacks moved (stably) to the end."""
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(
+                f"callbacks must be artifex_rl.callbacks.Callback instances, got {type(cb).__name__}"
+            )
+    return [cb for cb in callbacks if not cb.runs_last] + [cb for cb in callbacks if cb.runs_last]
+
+
+class CallbackList:
+    """Calls one hook on every callback, in order.
+
+    ``dispatch("on_log", trainer, metrics, step)`` calls
+    ``cb.on_log(trainer, metrics, step)`` for each callback. Exceptions from a
+    callback propagate (a broken callback should stop the run), except while
+    handling ``on_exception``, where every callback must get its chance to
+    clean up.
+    """
+
+    def __init__(self, callbacks: Iterable[Callback] = ()):
+        self.callbacks: list[Callback] = order_callbacks(callbacks)
+        # Only hooks some callback actually overrides are called in the hot
+        # loop; a step with no interested callback pays no Python call at all.
+        self._active: dict[str, list[Callback]] = {}
+
+    def _listeners(self, hook: str) -> list[Callback]:
+        if hook not in self._active:
+            base = getattr(Callback, hook)
+            self._active[hook] = [
+                cb for cb in self.callbacks if getattr(type(cb), hook, base) is not base
+            ]
+        return self._active[hook]
+
+    def dispatch(self, hook: str, *args: Any) -> None:
+        for cb in self._listeners(hook):
+            getattr(cb, hook)(*args)
+
+    def dispatch_exception(self, trainer: Trainer, exception: BaseException) -> None:
+        for cb in self._listeners("on_exception"):
+            try:
+                cb.on_exception(trainer, exception)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                _log.exception("callback %s failed in on_exception", cb.state_key)
+
+    def state_dicts(self) -> dict[str, dict[str, Any]]:
+        """``{key: state}`` for every callback; duplicate class names get ``#i`` suffixes."""
+        return {key: cb.state_dict() for key, cb in self._keyed()}
+
+    def load_state_dicts(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        for key, cb in self._keyed():
+            if key in states:
+                cb.load_state_dict(states[key])
+
+    def _keyed(self) -> Sequence[tuple[str, Callback]]:
+        seen: dict[str, int] = {}
+        keyed = []
+        for cb in self.callbacks:
+            base = cb.state_key
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            keyed.append((base if n == 0 else f"{base}#{n}", cb))
+        return keyed
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
