@@ -119,6 +119,8 @@ class Trainer:
       should_stop: set to ``True`` (e.g. by a callback) to end ``fit`` after
         the current step.
       trace_count: how many times the step has been traced (compiled).
+      last_outputs: device arrays the last step chose to keep (what
+        ``prepare_batch`` put under ``"outputs"``, e.g. generated samples).
     """
 
     config_class: type[TrainerConfig] = TrainerConfig
@@ -169,6 +171,7 @@ class Trainer:
         self.fitting = False
         self.dataloader: Iterable[Batch] | None = None
         self.trace_count = 0
+        self.last_outputs: dict[str, Array] = {}
         self._metric_buffer: list[Metrics] = []
         self._step_fn = jax.jit(self._step, donate_argnums=(0,), static_argnums=(3,))
 
@@ -200,7 +203,9 @@ class Trainer:
 
         Override to compute returns, advantages or reference log-probs. When
         the update schedule splits the batch (minibatches, accumulation),
-        every entry of the returned dict must share its leading sample axis.
+        every entry of the returned dict must share its leading sample axis,
+        except ``"metrics"`` (a dict of scalars reported with the step's
+        metrics) and ``"outputs"`` (arrays kept in ``trainer.last_outputs``).
 
         Args:
           model: the model with the parameters *before* this step's updates.
@@ -240,14 +245,14 @@ class Trainer:
         when this returns.
         """
         arrays, static = self._split_batch(batch)
-        self.train_state, metrics = self._step_fn(
+        self.train_state, metrics, self.last_outputs = self._step_fn(
             self.train_state, self._frozen_states, arrays, static
         )
         self.global_step += 1
         self._sync_model()
         return metrics
 
-    def _step(self, state, frozen_states, batch, static) -> tuple[dict, Metrics]:
+    def _step(self, state, frozen_states, batch, static) -> tuple[dict, Metrics, dict]:
         self.trace_count += 1
         batch = {**batch, **dict(static)}
         passthrough = batch.pop("metrics", {})
@@ -256,11 +261,15 @@ class Trainer:
         frozen = {
             name: nnx.merge(self._frozen_graphdefs[name], st) for name, st in frozen_states.items()
         }
-        prepared = self.prepare_batch(model, batch, prep_rng, frozen)
+        prepared = dict(self.prepare_batch(model, batch, prep_rng, frozen))
+        # prepare_batch may report whole-batch metrics (mean reward, ...) under
+        # "metrics", and arrays worth keeping (e.g. generated samples) under "outputs".
+        prepared_metrics = prepared.pop("metrics", {})
+        outputs = prepared.pop("outputs", {})
         params, model_state, opt_state, metrics = self._run_updates(
             state["params"], state["model_state"], state["opt_state"], prepared, update_rng
         )
-        metrics = {**metrics, **passthrough}
+        metrics = {**metrics, **prepared_metrics, **passthrough}
         new_state = {
             "params": params,
             "model_state": model_state,
@@ -268,7 +277,7 @@ class Trainer:
             "rng": rng,
             "step": state["step"] + 1,
         }
-        return new_state, metrics
+        return new_state, metrics, outputs
 
     def _run_updates(self, params, model_state, opt_state, batch, rng):
         epochs, minibatches = self.update_schedule()
@@ -345,7 +354,7 @@ class Trainer:
             grads = jax.tree.map(lambda g: g / k, grad_sum)
             metrics = _mean_over_leading(metrics)
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         if self.config.max_grad_norm is not None:
             # Stateless clip applied before tx, so the optimizer state keeps
             # the structure of the user's own transformation.

@@ -1,0 +1,182 @@
+"""Configs of the four RL trainers.
+
+The first fields of each config, their names, order and defaults, are the
+seeds' (``REINFORCEConfig(gamma=0.99, normalize_returns=True,
+entropy_coeff=0.01)`` and so on); fields after them are additions with
+defaults, for the variants the trainers implement. Every config also carries
+the loop settings of :class:`~artifex_rl.config.TrainerConfig`
+(``log_every_n_steps``, ``max_grad_norm``, ``grad_accum_steps``, ``seed``) as
+keyword-only fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from artifex_rl.config import TrainerConfig
+from artifex_rl.rl.utils import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KL_ESTIMATORS, SCALE_REWARDS
+
+POLICIES = ("categorical", "gaussian", "tokens")
+
+
+def _check(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
+
+
+def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class REINFORCEConfig(TrainerConfig):
+    """REINFORCE (Williams, 1992) with return normalisation and an entropy bonus.
+
+    Attributes:
+      gamma: discount factor for the returns ``G_t``.
+      normalize_returns: standardise returns over the batch (a baseline that
+        reduces variance).
+      entropy_coeff: weight of the entropy bonus.
+      policy: how the model's output is read: ``"categorical"`` (logits),
+        ``"gaussian"`` (mean, log_std) or ``"tokens"`` (a causal LM scoring
+        completions; each sequence is one episode with reward ``(B,)``).
+    """
+
+    gamma: float = 0.99
+    normalize_returns: bool = True
+    entropy_coeff: float = 0.01
+    policy: str = "categorical"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range("gamma", self.gamma, 0.0, 1.0)
+        _check("policy", self.policy, POLICIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig(TrainerConfig):
+    """Proximal Policy Optimization (Schulman et al., 2017) with GAE.
+
+    Attributes:
+      gamma, gae_lambda: GAE discount and lambda.
+      clip_param: the surrogate's clip ``epsilon`` (also the value clip).
+      vf_coeff: weight of the value loss.
+      entropy_coeff: weight of the entropy bonus.
+      max_grad_norm: global-norm gradient clip (keyword-only, default 0.5).
+      update_epochs: passes over each batch.
+      num_minibatches: minibatches per pass; all ``update_epochs *
+        num_minibatches`` updates run inside one compiled call.
+      clip_value_loss: clip the value prediction around the old value.
+      normalize_advantages: standardise advantages per minibatch.
+      target_kl: stop this batch's remaining updates once a minibatch's
+        approximate KL exceeds this (``None``: never).
+      policy: ``"categorical"`` or ``"gaussian"``.
+    """
+
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_param: float = 0.2
+    vf_coeff: float = 0.5
+    entropy_coeff: float = 0.01
+    max_grad_norm: float | None = dataclasses.field(default=0.5, kw_only=True)
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    clip_value_loss: bool = True
+    normalize_advantages: bool = True
+    target_kl: float | None = None
+    policy: str = "categorical"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range("gamma", self.gamma, 0.0, 1.0)
+        _check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        _check_range("clip_param", self.clip_param, 0.0)
+        _check_range("update_epochs", self.update_epochs, 1)
+        _check_range("num_minibatches", self.num_minibatches, 1)
+        _check("policy", self.policy, ("categorical", "gaussian"))
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig(TrainerConfig):
+    """Group Relative Policy Optimization (Shao et al., 2024).
+
+    Attributes:
+      num_generations: group size ``G``: completions per prompt, consecutive
+        in the batch.
+      clip_param: lower clip ``epsilon`` (and upper, unless ``epsilon_high``).
+      beta: weight of the KL penalty to the reference policy (``0``: none).
+      entropy_coeff: weight of the entropy bonus.
+      gamma: kept for the seeds' API; GRPO's rewards are per sequence, so
+        there is nothing to discount and it is unused.
+      epsilon_high: upper clip (DAPO's clip-higher); ``None``: ``clip_param``.
+      scale_rewards: ``"group"``, ``"batch"`` or ``"none"`` (Dr. GRPO).
+      loss_type: ``"grpo"``, ``"bnpo"`` or ``"dr_grpo"`` token aggregation.
+      num_iterations: updates (``mu``) on each batch of generations.
+      kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default, always >= 0).
+      policy: ``"tokens"`` (a causal LM scoring completions) or
+        ``"categorical"``/``"gaussian"`` for one-step generations.
+      max_new_tokens, temperature, top_k, eos_id, pad_id: sampling settings
+        of the online ``train_step(batch, reward_fn, key)``.
+    """
+
+    num_generations: int = 4
+    clip_param: float = 0.2
+    beta: float = 0.01
+    entropy_coeff: float = 0.01
+    gamma: float = 0.99
+    epsilon_high: float | None = None
+    scale_rewards: str = "group"
+    loss_type: str = "grpo"
+    num_iterations: int = 1
+    kl_estimator: str = "k3"
+    policy: str = "tokens"
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int | None = None
+    eos_id: int | None = None
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range("num_generations", self.num_generations, 1)
+        _check_range("num_iterations", self.num_iterations, 1)
+        _check_range("beta", self.beta, 0.0)
+        _check("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        _check("loss_type", self.loss_type, GRPO_LOSS_TYPES)
+        _check("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _check("policy", self.policy, POLICIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig(TrainerConfig):
+    """Direct Preference Optimization (Rafailov et al., 2023) and variants.
+
+    Attributes:
+      beta: temperature of the implicit reward ``beta * log(pi / ref)``.
+      label_smoothing: probability that a preference label is flipped
+        (conservative DPO / robust DPO).
+      reference_free: SimPO (Meng et al., 2024): no reference model,
+        length-normalised log-probs and a target margin ``simpo_gamma``.
+      loss_type: ``"sigmoid"``, ``"hinge"``, ``"ipo"`` or ``"robust"``.
+      simpo_gamma: SimPO's target reward margin.
+      policy: ``"tokens"`` (sequences) or ``"categorical"``/``"gaussian"``
+        (preferences between single actions).
+    """
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    reference_free: bool = False
+    loss_type: str = "sigmoid"
+    simpo_gamma: float = 0.5
+    policy: str = "tokens"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range("beta", self.beta, 0.0)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)
+        _check("loss_type", self.loss_type, DPO_LOSS_TYPES)
+        _check("policy", self.policy, POLICIES)
+        if self.reference_free and self.loss_type != "sigmoid":
+            raise ValueError(f"reference_free=True (SimPO) needs loss_type='sigmoid', got {self.loss_type!r}")

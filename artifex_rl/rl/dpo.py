@@ -1,0 +1,168 @@
+"""DPO and its variants, with policy log-probs computed by the model so gradients flow.
+
+The seeds feed DPO precomputed ``chosen_log_probs``/``rejected_log_probs``;
+such a batch has no path from the loss back to the parameters, so the
+trainer asks for the sequences instead (the pure
+:func:`~artifex_rl.rl.utils.compute_dpo_loss` still evaluates the loss from
+log-probs). A batch holds preference pairs sharing a prompt:
+
+* ``prompts (B, P)`` (or ``observations``), ``chosen (B, N)`` and
+  ``rejected (B, N)`` completion tokens, optional ``chosen_mask`` and
+  ``rejected_mask (B, N)`` (1 on real completion tokens);
+* optional ``ref_chosen_log_probs``/``ref_rejected_log_probs (B,)``
+  (sequence sums under the reference); without them the frozen reference
+  model scores the pair inside the step (by default a copy of the policy at
+  construction); SimPO (``reference_free=True``) needs neither.
+
+With ``policy="categorical"``/``"gaussian"``, ``chosen``/``rejected`` are
+single actions for each observation and no masks are used.
+
+Sequence log-probs are sums over completion tokens (the paper's
+definition); chosen and rejected run through the model as one ``(2B, L)``
+batch: one forward pass per sequence per step. The loss
+(``sigmoid``/``hinge``/``ipo``/``robust``, SimPO) is
+:func:`~artifex_rl.rl.utils.compute_dpo_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from artifex_rl.events import Callback
+from artifex_rl.rl.base import REFERENCE, RLTrainer
+from artifex_rl.rl.batch import canonical, check_shape, require, score_sequences
+from artifex_rl.rl.configs import DPOConfig
+from artifex_rl.rl.policies import PolicyHead
+from artifex_rl.rl.utils import compute_dpo_loss, masked_sum
+
+Array = jax.Array
+
+
+class DPOTrainer(RLTrainer):
+    """Direct Preference Optimization (see the module docstring for the batch).
+
+    Args:
+      model, optimizer, config, callbacks, policy: as for :class:`RLTrainer`.
+      reference_model: ``"copy"`` (default): a frozen copy of the policy as
+        it is now; a module to use instead; ``None``: reference log-probs
+        must come with each batch (or ``reference_free=True``).
+
+    Metrics: ``loss`` (= ``dpo_loss``), ``chosen_reward``,
+    ``rejected_reward``, ``reward_margin``, ``reward_accuracy``,
+    ``chosen_log_prob``, ``rejected_log_prob``, ``grad_norm``.
+    """
+
+    config_class = DPOConfig
+    config: DPOConfig
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer | optax.GradientTransformation,
+        config: DPOConfig | None = None,
+        *,
+        reference_model: nnx.Module | str | None = "copy",
+        policy: str | PolicyHead | None = None,
+        callbacks: Sequence[Callback] = (),
+    ):
+        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks)
+        if not self.config.reference_free:
+            if reference_model == "copy":
+                self.set_reference_model(None)
+            elif reference_model is not None:
+                self.set_reference_model(reference_model)
+
+    def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
+        batch = canonical(batch)
+        who = type(self).__name__
+        if "chosen" not in batch and "chosen_log_probs" in batch:
+            raise ValueError(
+                f"{who}: the batch holds only precomputed policy log-probs ('chosen_log_probs'), "
+                "which carry no gradient to the model. Pass the sequences instead: 'prompts' (B, P), "
+                "'chosen' (B, N), 'rejected' (B, N) tokens with optional 'chosen_mask'/'rejected_mask' "
+                "(and 'ref_chosen_log_probs'/'ref_rejected_log_probs' if you have them). "
+                "To evaluate the loss from log-probs alone use artifex_rl.rl.utils.compute_dpo_loss."
+            )
+        require(batch, ["observations", "chosen", "rejected"], who)
+        obs, chosen, rejected = batch["observations"], batch["chosen"], batch["rejected"]
+        b = jnp.shape(chosen)[0]
+        check_shape("rejected", rejected, jnp.shape(chosen), who)
+        prepared = {"observations": obs, "chosen": chosen, "rejected": rejected}
+        if self.is_token_policy:
+            check_shape("prompts", obs, (b, None), who)
+            check_shape("chosen", chosen, (b, None), who)
+            for key in ("chosen_mask", "rejected_mask"):
+                mask = jnp.asarray(batch.get(key, jnp.ones(chosen.shape)), jnp.float32)
+                check_shape(key, mask, chosen.shape, who)
+                prepared[key] = mask
+
+        if not self.config.reference_free:
+            if "ref_chosen_log_probs" in batch:
+                require(batch, ["ref_chosen_log_probs", "ref_rejected_log_probs"], who)
+                for key in ("ref_chosen_log_probs", "ref_rejected_log_probs"):
+                    check_shape(key, batch[key], (b,), who)
+                    prepared[key] = jnp.asarray(batch[key], jnp.float32)
+            elif REFERENCE in frozen:
+                ref_c, ref_r = self._sequence_log_probs(frozen[REFERENCE], prepared)
+                prepared["ref_chosen_log_probs"] = jax.lax.stop_gradient(ref_c)
+                prepared["ref_rejected_log_probs"] = jax.lax.stop_gradient(ref_r)
+            else:
+                raise ValueError(
+                    f"{who}: no reference log-probs: pass 'ref_chosen_log_probs' and "
+                    "'ref_rejected_log_probs' in the batch, give the trainer a reference_model, "
+                    "or use DPOConfig(reference_free=True) (SimPO)"
+                )
+        return prepared
+
+    def _sequence_log_probs(self, model, batch) -> tuple[Array, Array]:
+        """Summed log-probs of chosen and rejected, from one forward pass over both."""
+        b = batch["chosen"].shape[0]
+        if self.is_token_policy:
+            prompts = jnp.concatenate([batch["observations"]] * 2, axis=0)
+            completions = jnp.concatenate([batch["chosen"], batch["rejected"]], axis=0)
+            masks = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
+            token_logp, _ = score_sequences(model, prompts, completions)
+            seq = masked_sum(token_logp, masks, axis=-1)
+        else:
+            output = model(batch["observations"])
+            seq = jnp.concatenate(
+                [self.policy.log_prob(output, batch["chosen"]), self.policy.log_prob(output, batch["rejected"])]
+            )
+        return seq[:b], seq[b:]
+
+    def compute_loss(self, model, batch, rng):
+        cfg = self.config
+        chosen, rejected = self._sequence_log_probs(model, batch)
+        lengths = {}
+        if cfg.reference_free and self.is_token_policy:
+            lengths = {
+                "chosen_lengths": jnp.sum(batch["chosen_mask"], axis=-1),
+                "rejected_lengths": jnp.sum(batch["rejected_mask"], axis=-1),
+            }
+        elif cfg.reference_free:
+            ones = jnp.ones_like(chosen)
+            lengths = {"chosen_lengths": ones, "rejected_lengths": ones}
+        loss, metrics = compute_dpo_loss(
+            chosen,
+            rejected,
+            batch.get("ref_chosen_log_probs"),
+            batch.get("ref_rejected_log_probs"),
+            beta=cfg.beta,
+            label_smoothing=cfg.label_smoothing,
+            loss_type=cfg.loss_type,
+            reference_free=cfg.reference_free,
+            simpo_gamma=cfg.simpo_gamma,
+            **lengths,
+        )
+        return loss, {
+            "dpo_loss": loss,
+            "chosen_log_prob": jnp.mean(chosen),
+            "rejected_log_prob": jnp.mean(rejected),
+            **metrics,
+        }

@@ -1,0 +1,165 @@
+"""PPO: clipped surrogate, clipped value loss and entropy bonus, with GAE.
+
+One ``train_step`` is one PPO iteration, compiled as a single call:
+
+1. ``prepare_batch`` computes GAE advantages and returns for the whole
+   rollout (``lax.scan`` over time) and flattens it into samples;
+2. ``update_epochs`` x ``num_minibatches`` gradient updates run in a
+   ``lax.scan`` (shuffled each epoch), optionally stopped early once a
+   minibatch's approximate KL exceeds ``target_kl``.
+
+Per minibatch, with ``r = exp(log pi(a|s) - log pi_old(a|s))`` and
+advantages standardised within the minibatch::
+
+    policy_loss = -mean[min(r A, clip(r, 1 - eps, 1 + eps) A)]
+    value_loss  = 0.5 mean[max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)]
+                  (0.5 mean[(V - R)^2] with clip_value_loss=False)
+    loss        = policy_loss + vf_coeff value_loss - entropy_coeff mean[H]
+
+Batch (``observations`` may be called ``states``): ``rewards (T,)`` or
+``(B, T)``, and with the same leading shape ``observations``, ``actions``,
+``log_probs`` (old policy), ``dones`` and ``values``. ``values`` has ``T + 1``
+entries along time (the last is the bootstrap ``V(s_T)``) or ``T`` with an
+optional ``last_value`` ``()``/``(B,)``; without either the value after the
+last step is taken as 0, as if the data ended in a terminal state (true for
+the seeds' one-step examples; pass ``last_value`` for truncated rollouts).
+``bootstrap_values`` (optional, rewards' shape) carries ``V`` of the true final
+observation at steps cut by a time limit: it is added as ``gamma * V`` to the
+reward so that truncation bootstraps instead of looking terminal. ``mask``
+(optional) marks padding with 0.
+
+The model returns ``(policy_output, value)``: logits ``(N, A)`` or
+``(mean, log_std)``, and values ``(N,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from artifex_rl.rl.base import RLTrainer
+from artifex_rl.rl.batch import canonical, check_leading, check_shape, flatten_leading, require
+from artifex_rl.rl.configs import PPOConfig
+from artifex_rl.rl.utils import (
+    compute_clipped_surrogate_loss,
+    compute_gae_advantages,
+    masked_mean,
+    normalize_advantages,
+)
+
+
+def _split_model_output(output: Any, who: str) -> tuple[Any, jax.Array]:
+    if not (isinstance(output, (tuple, list)) and len(output) == 2):
+        raise TypeError(
+            f"{who} needs an actor-critic model returning (policy_output, value); "
+            f"got {type(output).__name__}"
+        )
+    policy_output, value = output
+    return policy_output, jnp.reshape(value, jnp.shape(value)[:1])
+
+
+def _masked_var(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return masked_mean(jnp.square(x - masked_mean(x, mask)), mask)
+
+
+class PPOTrainer(RLTrainer):
+    """Proximal Policy Optimization (see the module docstring for the batch and loss).
+
+    Metrics: ``loss``, ``policy_loss``, ``value_loss``, ``entropy``,
+    ``kl_divergence`` (= ``approx_kl``, KL(old || new)), ``clip_fraction``,
+    ``mean_reward``, ``advantage_mean``, ``explained_variance``, ``grad_norm``,
+    averaged over the iteration's updates.
+    """
+
+    config_class = PPOConfig
+    config: PPOConfig
+
+    def update_schedule(self) -> tuple[int, int]:
+        return self.config.update_epochs, self.config.num_minibatches
+
+    def continue_updates(self, metrics):
+        if self.config.target_kl is None:
+            return None
+        return metrics["approx_kl"] <= self.config.target_kl
+
+    def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
+        batch = canonical(batch)
+        who = type(self).__name__
+        require(batch, ["observations", "actions", "rewards", "values", "log_probs"], who)
+        cfg = self.config
+        rewards = jnp.asarray(batch["rewards"], jnp.float32)
+        if rewards.ndim not in (1, 2):
+            raise ValueError(f"{who}: batch['rewards'] has shape {rewards.shape}, expected (T,) or (B, T)")
+        lead = rewards.shape
+        for key in ("observations", "actions"):
+            check_leading(key, batch[key], lead, who)
+        for key in ("log_probs", "dones", "mask", "bootstrap_values"):
+            if key in batch:
+                check_shape(key, batch[key], lead, who)
+        values = jnp.asarray(batch["values"], jnp.float32)
+        if values.shape not in (lead, lead[:-1] + (lead[-1] + 1,)):
+            raise ValueError(
+                f"{who}: batch['values'] has shape {values.shape}, expected {lead} (with an optional "
+                f"last_value) or {lead[:-1] + (lead[-1] + 1,)} (with the bootstrap value last)"
+            )
+        mask = batch.get("mask")
+        gae_rewards = rewards
+        if "bootstrap_values" in batch:
+            gae_rewards = rewards + cfg.gamma * jnp.asarray(batch["bootstrap_values"], jnp.float32)
+        advantages = compute_gae_advantages(
+            gae_rewards, values, batch.get("dones"), cfg.gamma, cfg.gae_lambda, batch.get("last_value")
+        )
+        old_values = values[..., : lead[-1]]
+        returns = advantages + old_values
+        # Var(returns - values) / Var(returns), and returns - values = advantages.
+        residual_var = _masked_var(advantages, mask)
+        returns_var = _masked_var(returns, mask)
+        n = rewards.ndim
+        valid = jnp.ones(lead, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+        return {
+            "observations": flatten_leading(batch["observations"], n),
+            "actions": flatten_leading(batch["actions"], n),
+            "old_log_probs": flatten_leading(jnp.asarray(batch["log_probs"], jnp.float32), n),
+            "old_values": flatten_leading(old_values, n),
+            "advantages": flatten_leading(advantages, n),
+            "returns": flatten_leading(returns, n),
+            "mask": flatten_leading(valid, n),
+            "metrics": {
+                "mean_reward": masked_mean(rewards, mask),
+                "advantage_mean": masked_mean(advantages, mask),
+                "explained_variance": 1.0 - residual_var / (returns_var + 1e-8),
+            },
+        }
+
+    def compute_loss(self, model, batch, rng):
+        cfg = self.config
+        mask = batch["mask"]
+        policy_output, value = _split_model_output(model(batch["observations"]), type(self).__name__)
+        log_prob = self.policy.log_prob(policy_output, batch["actions"])
+        entropy = masked_mean(self.policy.entropy(policy_output), mask)
+
+        advantages = batch["advantages"]
+        if cfg.normalize_advantages:
+            advantages = normalize_advantages(advantages, mask)
+        policy_loss, surrogate = compute_clipped_surrogate_loss(
+            log_prob, batch["old_log_probs"], advantages, cfg.clip_param, mask
+        )
+
+        returns, old_values = batch["returns"], batch["old_values"]
+        value_loss = jnp.square(value - returns)
+        if cfg.clip_value_loss:
+            clipped = old_values + jnp.clip(value - old_values, -cfg.clip_param, cfg.clip_param)
+            value_loss = jnp.maximum(value_loss, jnp.square(clipped - returns))
+        value_loss = 0.5 * masked_mean(value_loss, mask)
+
+        loss = policy_loss + cfg.vf_coeff * value_loss - cfg.entropy_coeff * entropy
+        return loss, {
+            "policy_loss": policy_loss,
+            "value_loss": value_loss,
+            "entropy": entropy,
+            "approx_kl": surrogate["approx_kl"],
+            "kl_divergence": surrogate["approx_kl"],
+            "clip_fraction": surrogate["clip_fraction"],
+        }

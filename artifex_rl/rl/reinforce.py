@@ -1,0 +1,115 @@
+"""REINFORCE: the plain policy gradient with normalised returns and an entropy bonus.
+
+Loss, on the batch's ``N`` valid steps (the seeds' formula)::
+
+    G_t  = sum_{k>=t} gamma^(k-t) r_k      (reset at episode ends: dones)
+    Ĝ_t  = (G_t - mean(G)) / (std(G) + 1e-8)        if normalize_returns
+    loss = -mean_t[ log pi(a_t | s_t) * Ĝ_t ] - entropy_coeff * mean_t H(pi(. | s_t))
+
+Batch layouts (``observations`` may also be called ``states``):
+
+* steps: ``rewards (T,)`` is one time-ordered trajectory that may hold several
+  episodes separated by ``dones``; ``(B, T)`` is B trajectories. With
+  ``observations (..., *obs)``, ``actions (...)`` or ``(..., D)`` and optional
+  ``dones`` and ``mask`` (1 = real step, 0 = padding) of the rewards' shape.
+  A batch of independent one-step samples (the seeds' GAN example) is a
+  ``(B,)`` trajectory with ``dones = 1`` everywhere.
+* sequences (``policy="tokens"``): ``observations (B, P)`` prompt tokens,
+  ``actions (B, N)`` completion tokens, ``completion_mask (B, N)`` and
+  ``rewards (B,)``; each sequence is one episode whose log-probability is the
+  sum over its completion tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from artifex_rl.rl.base import RLTrainer
+from artifex_rl.rl.batch import canonical, check_leading, check_shape, flatten_leading, require, score_sequences
+from artifex_rl.rl.configs import REINFORCEConfig
+from artifex_rl.rl.utils import compute_discounted_returns, masked_mean, masked_sum, normalize_advantages
+
+
+class REINFORCETrainer(RLTrainer):
+    """REINFORCE policy-gradient trainer (see the module docstring for the loss).
+
+    Metrics: ``loss``, ``policy_loss``, ``entropy``, ``mean_reward`` and
+    ``reward_std`` (over the batch's valid rewards), ``mean_return`` (discounted,
+    before normalisation),
+    ``grad_norm``.
+    """
+
+    config_class = REINFORCEConfig
+    config: REINFORCEConfig
+
+    def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
+        batch = canonical(batch)
+        who = type(self).__name__
+        require(batch, ["observations", "actions", "rewards"], who)
+        rewards = jnp.asarray(batch["rewards"], jnp.float32)
+        if self.is_token_policy:
+            return self._prepare_sequences(batch, rewards, who)
+
+        mask = batch.get("mask")
+        lead = rewards.shape
+        if rewards.ndim not in (1, 2):
+            raise ValueError(f"{who}: batch['rewards'] has shape {lead}, expected (T,) or (B, T)")
+        for key in ("observations", "actions"):
+            check_leading(key, batch[key], lead, who)
+        for key in ("dones", "mask"):
+            if key in batch:
+                check_shape(key, batch[key], lead, who)
+        returns = compute_discounted_returns(rewards, self.config.gamma, batch.get("dones"))
+        mean_return = masked_mean(returns, mask)
+        if self.config.normalize_returns:
+            returns = normalize_advantages(returns, mask)
+        n = rewards.ndim
+        valid = jnp.ones(lead, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+        return {
+            "observations": flatten_leading(batch["observations"], n),
+            "actions": flatten_leading(batch["actions"], n),
+            "returns": flatten_leading(returns, n),
+            "mask": flatten_leading(valid, n),
+            "metrics": {
+                "mean_reward": masked_mean(rewards, mask),
+                "reward_std": jnp.sqrt(masked_mean(jnp.square(rewards - masked_mean(rewards, mask)), mask)),
+                "mean_return": mean_return,
+            },
+        }
+
+    def _prepare_sequences(self, batch, rewards, who) -> dict[str, Any]:
+        prompts, completions = batch["observations"], batch["actions"]
+        b = rewards.shape[0]
+        check_shape("rewards", rewards, (b,), who)
+        check_shape("observations", prompts, (b, None), who)
+        check_shape("actions", completions, (b, None), who)
+        mask = batch.get("completion_mask", jnp.ones(completions.shape, jnp.float32))
+        check_shape("completion_mask", mask, completions.shape, who)
+        returns = normalize_advantages(rewards) if self.config.normalize_returns else rewards
+        return {
+            "observations": prompts,
+            "actions": completions,
+            "completion_mask": jnp.asarray(mask, jnp.float32),
+            "returns": returns,
+            "metrics": {"mean_reward": jnp.mean(rewards), "reward_std": jnp.std(rewards)},
+        }
+
+    def compute_loss(self, model, batch, rng):
+        returns = jax.lax.stop_gradient(batch["returns"])
+        if self.is_token_policy:
+            mask = batch["completion_mask"]
+            token_logp, token_entropy = score_sequences(model, batch["observations"], batch["actions"])
+            log_prob = masked_sum(token_logp, mask, axis=-1)
+            policy_loss = -jnp.mean(log_prob * returns)
+            entropy = masked_mean(token_entropy, mask)
+        else:
+            mask = batch["mask"]
+            output = model(batch["observations"])
+            log_prob = self.policy.log_prob(output, batch["actions"])
+            policy_loss = -masked_mean(log_prob * returns, mask)
+            entropy = masked_mean(self.policy.entropy(output), mask)
+        loss = policy_loss - self.config.entropy_coeff * entropy
+        return loss, {"policy_loss": policy_loss, "entropy": entropy}
