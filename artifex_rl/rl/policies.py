@@ -37,6 +37,14 @@ Array = jax.Array
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _entropy_from_log_probs(logp: Array) -> Array:
+    """``-sum p log p`` over the last axis, finite in value and gradient at ``-inf`` logits."""
+    p = jnp.exp(logp)
+    # Zero logp where p == 0 *before* multiplying: selecting 0 * -inf out
+    # afterwards still leaves a NaN gradient.
+    return -jnp.sum(p * jnp.where(p > 0, logp, 0.0), axis=-1)
+
+
 @runtime_checkable
 class PolicyHead(Protocol):
     """Reads a model's output as a distribution over actions."""
@@ -63,10 +71,7 @@ class CategoricalPolicy:
         return jnp.take_along_axis(logp, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
     def entropy(self, output: Array) -> Array:
-        logp = jax.nn.log_softmax(output, axis=-1)
-        # where(p > 0) keeps -inf logits (masked actions) from producing 0 * -inf = NaN.
-        p = jnp.exp(logp)
-        return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+        return _entropy_from_log_probs(jax.nn.log_softmax(output, axis=-1))
 
     def sample(self, output: Array, key: Array) -> Array:
         return jax.random.categorical(key, output, axis=-1)
@@ -140,9 +145,7 @@ def token_entropies(logits: Array) -> Array:
       ``(B, T)``: entry ``t`` is the entropy of the distribution that produced
       token ``t`` (entry 0 is 0).
     """
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    p = jnp.exp(logp)
-    ent = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+    ent = _entropy_from_log_probs(jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1))
     return jnp.pad(ent, ((0, 0), (1, 0)))
 
 
