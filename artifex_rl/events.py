@@ -70,6 +70,9 @@ class Callback:
         """Called by ``fit`` every ``log_every_n_steps`` with interval-averaged host metrics.
 
         ``step`` is the number of optimisation steps taken so far (``trainer.global_step``).
+        All callbacks receive the same dict, in order, and it becomes
+        ``trainer.callback_metrics``: a callback may add entries (throughput,
+        derived values) for the loggers that run after it.
         """
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:

@@ -124,6 +124,10 @@ class Trainer:
     """
 
     config_class: type[TrainerConfig] = TrainerConfig
+    #: Logged metrics defined as a ratio of two interval totals:
+    #: ``{name: (total_key, count_key)}``, e.g. mean return of the episodes
+    #: finished in the interval. Omitted when the count is 0.
+    ratio_metrics: dict[str, tuple[str, str]] = {}
 
     def __init__(
         self,
@@ -470,10 +474,15 @@ class Trainer:
         host = jax.device_get(self._metric_buffer)
         self._metric_buffer = []
         keys = host[-1].keys()
-        self.callback_metrics = {
-            k: float(np.mean([np.asarray(m[k], np.float64) for m in host if k in m])) for k in keys
-        }
-        self.callbacks.dispatch("on_log", self, dict(self.callback_metrics), self.global_step)
+        metrics = {k: float(np.mean([np.asarray(m[k], np.float64) for m in host if k in m])) for k in keys}
+        for name, (total, count) in self.ratio_metrics.items():
+            # mean(total) / mean(count) over the interval == sum(total) / sum(count).
+            if metrics.get(count, 0.0) > 0 and total in metrics:
+                metrics[name] = metrics[total] / metrics[count]
+        # One dict for all callbacks, in order: a callback may add entries
+        # (e.g. throughput) that the loggers after it record.
+        self.callback_metrics = metrics
+        self.callbacks.dispatch("on_log", self, metrics, self.global_step)
 
     # ------------------------------------------------------------------ #
     # Model and optimizer views

@@ -24,6 +24,12 @@ class RLTrainer(Trainer):
         :class:`~artifex_rl.rl.policies.PolicyHead`.
     """
 
+    #: Rollout sources report episode totals; the logged means are their ratios.
+    ratio_metrics = {
+        "episode_return": ("episode_return_sum", "episodes_finished"),
+        "episode_length": ("episode_length_sum", "episodes_finished"),
+    }
+
     def __init__(
         self,
         model: nnx.Module,
