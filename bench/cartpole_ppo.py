@@ -15,7 +15,11 @@ entropy 0.01, value 0.5, grad-norm 0.5, gamma 0.99, lambda 0.95, tanh MLP
 Like the classic references it treats a time-limit truncation as a terminal
 state (no bootstrap), so its returns are comparable with published curves.
 
-Run: ``python bench/cartpole_ppo.py [--seed 0] [--total-timesteps 500000]``.
+``run_ours`` runs the same settings through ``Trainer.fit`` (PPOTrainer + a
+GymnaxRolloutSource, progress bar and metrics logger on); ``main`` runs both
+per seed in one process and prints the steps/s and compile-time ratios.
+
+Run: ``python bench/cartpole_ppo.py [--seeds 0 1 2 3 4] [--total-timesteps 500000]``.
 Timings on a shared CPU are noisy; compare ratios taken in one run.
 """
 
@@ -29,6 +33,7 @@ from typing import Any, NamedTuple
 import gymnax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Array = jax.Array
@@ -242,19 +247,76 @@ def run_reference(seed: int = 0, total_timesteps: int = 500_000, cfg: Config | N
     }
 
 
+def run_ours(seed: int = 0, total_timesteps: int = 500_000, run_dir: str | None = None) -> dict:
+    """The same PPO through ``Trainer.fit`` with the progress bar and the metrics logger on.
+
+    Returns the recipe's summary (``compile_seconds``, ``sps``, ...) plus
+    ``final_return``: the mean of the logged ``episode_return`` over the last
+    5% of logging intervals (the reference's definition, at log granularity).
+    """
+    import tempfile
+
+    from artifex_rl.callbacks import MetricsLogger, ProgressBarCallback
+    from artifex_rl.events import Callback
+    from artifex_rl.recipes.cartpole import EnvRunSettings, build_ppo, train
+    from artifex_rl.rl import PPOConfig
+
+    class Returns(Callback):
+        def __init__(self) -> None:
+            self.curve: list[float] = []
+
+        def on_log(self, trainer, metrics, step) -> None:
+            if "episode_return" in metrics:
+                self.curve.append(metrics["episode_return"])
+
+    cfg = Config()
+    settings = EnvRunSettings(
+        "CartPole-v1", total_timesteps, cfg.num_envs, cfg.num_steps, cfg.lr, cfg.anneal_lr, (cfg.hidden,) * 2
+    )
+    trainer, source = build_ppo(settings, PPOConfig(log_every_n_steps=settings.log_every, seed=seed), seed)
+    returns = Returns()
+    with tempfile.TemporaryDirectory() as tmp:
+        callbacks = [returns, MetricsLogger(run_dir or tmp, plot=False), ProgressBarCallback()]
+        summary = train(trainer, source, settings, callbacks)
+    tail = max(1, len(returns.curve) // 20)
+    summary["final_return"] = float(np.mean(returns.curve[-tail:]))
+    summary["trace_count"] = trainer.trace_count + source.trace_count
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--total-timesteps", type=int, default=500_000)
+    parser.add_argument("--reference-only", action="store_true")
     args = parser.parse_args()
-
-    ref = run_reference(args.seed, args.total_timesteps)
     print(f"devices: {jax.devices()}")
-    print(
-        f"reference PPO  compile {ref['compile_s']:.2f} s | run {ref['run_s']:.2f} s | "
-        f"{ref['steps_per_s']:,.0f} env steps/s | final return {ref['final_return']:.1f} "
-        f"({ref['env_steps']:,} steps)"
-    )
+    rows = []
+    for seed in args.seeds:
+        # Interleave: reference then ours, per seed, in this one process.
+        ref = run_reference(seed, args.total_timesteps)
+        print(
+            f"seed {seed} reference  compile {ref['compile_s']:.2f} s | run {ref['run_s']:.2f} s | "
+            f"{ref['steps_per_s']:,.0f} env steps/s | final return {ref['final_return']:.1f}",
+            flush=True,
+        )
+        if args.reference_only:
+            continue
+        ours = run_ours(seed, args.total_timesteps)
+        print(
+            f"seed {seed} fit()      compile {ours['compile_seconds']:.2f} s | wall {ours['wall_seconds']:.2f} s | "
+            f"{ours['sps']:,.0f} env steps/s | final return {ours['final_return']:.1f} | "
+            f"traces {ours['trace_count']}",
+            flush=True,
+        )
+        rows.append((ref, ours))
+    if rows:
+        sps_ratio = np.median([o["sps"] / r["steps_per_s"] for r, o in rows])
+        compile_ratio = np.median([o["compile_seconds"] / r["compile_s"] for r, o in rows])
+        solved = sum(o["final_return"] >= 475 for _, o in rows)
+        print(f"\nfit() / reference env steps/s: {sps_ratio:.2f}x (target >= 0.8)")
+        print(f"fit() / reference compile time: {compile_ratio:.2f}x (target <= 1.5)")
+        print(f"seeds reaching mean return >= 475 with fit(): {solved}/{len(rows)}")
 
 
 if __name__ == "__main__":
