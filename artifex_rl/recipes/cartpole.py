@@ -15,11 +15,12 @@ from argparse import Namespace
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from flax import nnx
 
 from artifex_rl.callbacks.throughput import Throughput
-from artifex_rl.envs import GymnaxRolloutSource, make_env
+from artifex_rl.envs import GymnaxRolloutSource, action_spec, make_env
 from artifex_rl.events import Callback
 from artifex_rl.models import ActorCritic, MLPPolicy
 from artifex_rl.recipes.common import standard_callbacks, write_summary
@@ -73,6 +74,19 @@ def _optimizer(settings: EnvRunSettings, updates_per_iteration: int) -> optax.Gr
     return optax.adam(lr, eps=1e-5)
 
 
+def _dims(env_name: str, policy: str) -> tuple[int, int]:
+    """Observation size and action dimension, checked against the policy kind before any compile."""
+    env, env_params = make_env(env_name)
+    spec = action_spec(env.action_space(env_params))
+    if spec.discrete != (policy == "categorical"):
+        raise ValueError(
+            f"{env_name} has action space {spec.describe()}, which a {policy!r} policy cannot act in; "
+            f"use policy={'categorical' if spec.discrete else 'gaussian'!r}"
+        )
+    obs_dim = int(np.prod(env.observation_space(env_params).shape))
+    return obs_dim, int(spec.num_actions if spec.discrete else spec.dim)
+
+
 def build_ppo(settings: EnvRunSettings, config: PPOConfig, seed: int) -> tuple[PPOTrainer, GymnaxRolloutSource]:
     """The PPO trainer and its rollout source for ``settings`` (validated before any compile)."""
     if settings.steps_per_iteration % config.num_minibatches:
@@ -80,11 +94,8 @@ def build_ppo(settings: EnvRunSettings, config: PPOConfig, seed: int) -> tuple[P
             f"num_envs * num_steps = {settings.num_envs} * {settings.num_steps} = "
             f"{settings.steps_per_iteration} is not divisible by num_minibatches={config.num_minibatches}"
         )
-    env, env_params = make_env(settings.env_name)
-    obs_dim = int(env.observation_space(env_params).shape[0])
-    space = env.action_space(env_params)
+    obs_dim, action_dim = _dims(settings.env_name, config.policy)
     continuous = config.policy == "gaussian"
-    action_dim = int(space.shape[0]) if continuous else int(space.n)
     model = ActorCritic(obs_dim, action_dim, settings.hidden, continuous=continuous, rngs=nnx.Rngs(seed))
     tx = _optimizer(settings, config.update_epochs * config.num_minibatches)
     trainer = PPOTrainer(model, tx, config)
@@ -103,10 +114,9 @@ def build_reinforce(
     settings: EnvRunSettings, config: REINFORCEConfig, seed: int
 ) -> tuple[REINFORCETrainer, GymnaxRolloutSource]:
     """The REINFORCE trainer (policy-only MLP) and its rollout source."""
-    env, env_params = make_env(settings.env_name)
-    obs_dim = int(env.observation_space(env_params).shape[0])
-    action_dim = int(env.action_space(env_params).n)
-    model = MLPPolicy(obs_dim, action_dim, settings.hidden, rngs=nnx.Rngs(seed))
+    obs_dim, action_dim = _dims(settings.env_name, config.policy)
+    model = MLPPolicy(obs_dim, action_dim, settings.hidden, continuous=config.policy == "gaussian",
+                      rngs=nnx.Rngs(seed))
     trainer = REINFORCETrainer(model, _optimizer(settings, 1), config)
     source = GymnaxRolloutSource(
         settings.env_name,
@@ -177,7 +187,7 @@ def run_ppo(args: Namespace) -> dict[str, Any]:
 
 def run_reinforce(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train cartpole-reinforce``: Monte-Carlo policy gradient, 500k steps."""
-    settings = _settings(args, "CartPole-v1", 500_000, 16, 500, 1e-3)
+    settings = _settings(args, "CartPole-v1", 500_000, 8, 256, 3e-3)
     config = REINFORCEConfig(gamma=0.99, entropy_coeff=0.01, log_every_n_steps=settings.log_every,
                              seed=args.seed, max_grad_norm=1.0)
     trainer, source = build_reinforce(settings, config, args.seed)
@@ -186,7 +196,7 @@ def run_reinforce(args: Namespace) -> dict[str, Any]:
 
 def run_pendulum_ppo(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train pendulum-ppo``: continuous actions with the Gaussian policy."""
-    settings = _settings(args, "Pendulum-v1", 1_000_000, 16, 128, 1e-3)
+    settings = _settings(args, "Pendulum-v1", 500_000, 16, 128, 1e-3)
     config = PPOConfig(gamma=0.95, gae_lambda=0.95, entropy_coeff=0.0, update_epochs=10,
                        num_minibatches=16, policy="gaussian", log_every_n_steps=settings.log_every,
                        seed=args.seed)
