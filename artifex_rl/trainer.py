@@ -505,10 +505,10 @@ class Trainer:
         return opt
 
     def _sync_model(self) -> None:
-        for var, value in zip(self._param_vars, jax.tree.leaves(self.train_state["params"])):
+        for var, value in zip(self._param_vars, jax.tree.leaves(self.train_state["params"]), strict=True):
             var.set_raw_value(value)
         if self._state_vars:
-            for var, value in zip(self._state_vars, jax.tree.leaves(self.train_state["model_state"])):
+            for var, value in zip(self._state_vars, jax.tree.leaves(self.train_state["model_state"]), strict=True):
                 var.set_raw_value(value)
 
     @staticmethod
@@ -520,7 +520,7 @@ class Trainer:
             theirs = jax.tree.leaves(optimizer.opt_state)
             ours, treedef = jax.tree.flatten(opt_state)
             if len(theirs) == len(ours) and all(
-                jnp.shape(a) == jnp.shape(b) for a, b in zip(theirs, ours)
+                jnp.shape(a) == jnp.shape(b) for a, b in zip(theirs, ours, strict=True)
             ):
                 opt_state = jax.tree.unflatten(treedef, [jnp.array(x) for x in theirs])
             return optimizer, tx, opt_state

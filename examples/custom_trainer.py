@@ -34,7 +34,7 @@ def sine_batches(n_batches=32, batch_size=64, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(-3, 3, size=(n_batches, batch_size, 1)).astype(np.float32)
     y = np.sin(2 * x) + 0.05 * rng.normal(size=x.shape).astype(np.float32)
-    return [{"x": xb, "y": yb} for xb, yb in zip(x, y)]
+    return [{"x": xb, "y": yb} for xb, yb in zip(x, y, strict=True)]
 
 
 def main(max_epochs: int = 30) -> tuple[float, float]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -40,8 +43,34 @@ class RLTrainer(Trainer):
         callbacks: Sequence[Callback] = (),
     ):
         super().__init__(model, optimizer, config, callbacks=callbacks)
-        self.policy: PolicyHead = get_policy_head(policy if policy is not None else self.config.policy)
-        self.is_token_policy = (policy if policy is not None else self.config.policy) == "tokens"
+        chosen = policy if policy is not None else self.config.policy
+        self.auto_policy = chosen == "auto"
+        self.policy: PolicyHead | None = None if self.auto_policy else get_policy_head(chosen)
+        self.is_token_policy = chosen == "tokens"
+
+    def resolve_policy(self, actions: Any = None, *, tokens: bool = False) -> None:
+        """With ``policy="auto"``, pick the head from the actions, at trace time.
+
+        Integer actions of rank >= 2 (``(B, N)``) are token sequences scored
+        by a causal LM; integer ``(B,)`` actions are categorical; float
+        actions are Gaussian. ``tokens=True`` forces the token head (online
+        generation). A fixed policy is left as it is.
+        """
+        if not self.auto_policy:
+            return
+        if tokens:
+            name = "tokens"
+        elif jnp.issubdtype(jnp.result_type(actions), jnp.integer):
+            name = "tokens" if jnp.ndim(actions) >= 2 else "categorical"
+        else:
+            name = "gaussian"
+        self.policy = get_policy_head(name)
+        self.is_token_policy = name == "tokens"
+
+    def train_step(self, batch):
+        if isinstance(batch, Mapping) and isinstance(batch.get("rewards"), np.ndarray):
+            _check_finite_host_rewards(batch, type(self).__name__)
+        return super().train_step(batch)
 
     def set_reference_model(self, reference_model: nnx.Module | None) -> None:
         """Use ``reference_model`` (frozen) for KL penalties / DPO; ``None``: a frozen
@@ -51,3 +80,22 @@ class RLTrainer(Trainer):
     @property
     def has_reference_model(self) -> bool:
         return REFERENCE in self._frozen_states
+
+
+def _check_finite_host_rewards(batch: Mapping[str, Any], who: str) -> None:
+    """NaN/inf rewards at real (unmasked) steps of a host batch are an error.
+
+    Only numpy rewards are checked: reading a device array would wait for the
+    device. Padding (``mask`` 0) may hold anything.
+    """
+    rewards = batch["rewards"]
+    bad = ~np.isfinite(rewards)
+    mask = batch.get("mask")
+    if isinstance(mask, np.ndarray) and mask.shape == rewards.shape:
+        bad &= mask > 0
+    if bad.any():
+        where = np.argwhere(bad)[:5].tolist()
+        raise ValueError(
+            f"{who}: batch['rewards'] (shape {rewards.shape}) holds NaN or inf at positions {where}; "
+            "rewards must be finite (mask padding with batch['mask'] = 0)"
+        )

@@ -44,7 +44,7 @@ def require(batch: Mapping[str, Any], keys: Sequence[str], who: str) -> None:
 def check_shape(name: str, x: Any, expected: tuple[int | None, ...], who: str) -> None:
     """``x.shape`` must equal ``expected`` (``None`` entries match any size)."""
     shape = jnp.shape(x)
-    ok = len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
+    ok = len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected, strict=True))
     if not ok:
         want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
         raise ValueError(f"{who}: batch[{name!r}] has shape {shape}, expected {want}")

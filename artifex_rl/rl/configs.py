@@ -17,6 +17,8 @@ from artifex_rl.config import TrainerConfig
 from artifex_rl.rl.utils import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KL_ESTIMATORS, SCALE_REWARDS
 
 POLICIES = ("categorical", "gaussian", "tokens")
+#: GRPO and DPO may also infer the policy head from the actions (see RLTrainer.resolve_policy).
+POLICIES_OR_AUTO = (*POLICIES, "auto")
 
 
 def _check(name: str, value, valid) -> None:
@@ -115,8 +117,10 @@ class GRPOConfig(TrainerConfig):
       loss_type: ``"grpo"``, ``"bnpo"`` or ``"dr_grpo"`` token aggregation.
       num_iterations: updates (``mu``) on each batch of generations.
       kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default, always >= 0).
-      policy: ``"tokens"`` (a causal LM scoring completions) or
-        ``"categorical"``/``"gaussian"`` for one-step generations.
+      policy: ``"auto"`` (default: integer ``(B, N)`` actions are token
+        sequences scored by a causal LM, integer ``(B,)`` actions are
+        categorical, float actions Gaussian; online generation is tokens),
+        or one of ``"tokens"``, ``"categorical"``, ``"gaussian"``.
       max_new_tokens, temperature, top_k, eos_id, pad_id: sampling settings
         of the online ``train_step(batch, reward_fn, key)``.
     """
@@ -131,7 +135,7 @@ class GRPOConfig(TrainerConfig):
     loss_type: str = "grpo"
     num_iterations: int = 1
     kl_estimator: str = "k3"
-    policy: str = "tokens"
+    policy: str = "auto"
     max_new_tokens: int = 16
     temperature: float = 1.0
     top_k: int | None = None
@@ -146,7 +150,7 @@ class GRPOConfig(TrainerConfig):
         _check("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         _check("loss_type", self.loss_type, GRPO_LOSS_TYPES)
         _check("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        _check("policy", self.policy, POLICIES)
+        _check("policy", self.policy, POLICIES_OR_AUTO)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +165,9 @@ class DPOConfig(TrainerConfig):
         length-normalised log-probs and a target margin ``simpo_gamma``.
       loss_type: ``"sigmoid"``, ``"hinge"``, ``"ipo"`` or ``"robust"``.
       simpo_gamma: SimPO's target reward margin.
-      policy: ``"tokens"`` (sequences) or ``"categorical"``/``"gaussian"``
-        (preferences between single actions).
+      policy: ``"auto"`` (default: integer ``(B, N)`` chosen/rejected are
+        token sequences, integer ``(B,)`` categorical actions, float
+        Gaussian actions) or one of ``"tokens"``, ``"categorical"``, ``"gaussian"``.
     """
 
     beta: float = 0.1
@@ -170,13 +175,13 @@ class DPOConfig(TrainerConfig):
     reference_free: bool = False
     loss_type: str = "sigmoid"
     simpo_gamma: float = 0.5
-    policy: str = "tokens"
+    policy: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_range("beta", self.beta, 0.0)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)
         _check("loss_type", self.loss_type, DPO_LOSS_TYPES)
-        _check("policy", self.policy, POLICIES)
+        _check("policy", self.policy, POLICIES_OR_AUTO)
         if self.reference_free and self.loss_type != "sigmoid":
             raise ValueError(f"reference_free=True (SimPO) needs loss_type='sigmoid', got {self.loss_type!r}")

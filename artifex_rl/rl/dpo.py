@@ -91,6 +91,7 @@ class DPOTrainer(RLTrainer):
             )
         require(batch, ["observations", "chosen", "rejected"], who)
         obs, chosen, rejected = batch["observations"], batch["chosen"], batch["rejected"]
+        self.resolve_policy(chosen)
         b = jnp.shape(chosen)[0]
         check_shape("rejected", rejected, jnp.shape(chosen), who)
         prepared = {"observations": obs, "chosen": chosen, "rejected": rejected}

@@ -193,6 +193,7 @@ class GRPOTrainer(RLTrainer):
 
     def _host_reward_step(self, batch):
         group_size = int(batch.get("group_size", self.config.num_generations))
+        self.resolve_policy(tokens=True)
         if self._host_sampler is None:
 
             def sample(params, model_state, prompts, conditions, key):
@@ -230,6 +231,7 @@ class GRPOTrainer(RLTrainer):
         if not isinstance(group_size, int):
             raise TypeError(f"{who}: batch['group_size'] must be a Python int, got {type(group_size).__name__}")
         outputs = {}
+        self.resolve_policy(batch.get("actions"), tokens="rewards" not in batch)
         if "rewards" not in batch:  # online: sample and score inside this compiled step
             key = batch.get("sample_key", rng)
             prompts, conditions, completions, mask, log_probs = self._generate(
@@ -274,18 +276,25 @@ class GRPOTrainer(RLTrainer):
             old_log_probs = self._log_probs(model, obs, actions)
         check_shape("log_probs", old_log_probs, per_sample, who)
 
+        real = mask.reshape(per_sample) > 0
+
+        def valid_only(x):
+            # Padding after EOS may hold anything (NaN included); zero it so it
+            # cannot reach the gradient through exp(log-ratio).
+            return jnp.where(real, jnp.asarray(x, jnp.float32), 0.0)
+
         prepared = {
             "observations": obs,
             "actions": actions,
             "completion_mask": mask,
             "advantages": advantages,
-            "old_log_probs": jnp.asarray(old_log_probs, jnp.float32),
+            "old_log_probs": valid_only(old_log_probs),
         }
         if "ref_log_probs" in batch:
             check_shape("ref_log_probs", batch["ref_log_probs"], per_sample, who)
-            prepared["ref_log_probs"] = jnp.asarray(batch["ref_log_probs"], jnp.float32)
+            prepared["ref_log_probs"] = valid_only(batch["ref_log_probs"])
         elif self.config.beta > 0 and REFERENCE in frozen:
-            prepared["ref_log_probs"] = self._log_probs(frozen[REFERENCE], obs, actions)
+            prepared["ref_log_probs"] = valid_only(self._log_probs(frozen[REFERENCE], obs, actions))
 
         metrics = {
             "mean_reward": jnp.mean(rewards),

@@ -105,9 +105,15 @@ class PPOTrainer(RLTrainer):
                 f"last_value) or {lead[:-1] + (lead[-1] + 1,)} (with the bootstrap value last)"
             )
         mask = batch.get("mask")
-        gae_rewards = rewards
-        if "bootstrap_values" in batch:
-            gae_rewards = rewards + cfg.gamma * jnp.asarray(batch["bootstrap_values"], jnp.float32)
+        log_probs = jnp.asarray(batch["log_probs"], jnp.float32)
+        bootstrap = jnp.asarray(batch.get("bootstrap_values", jnp.zeros(lead)), jnp.float32)
+        if mask is not None:
+            # Padding may hold anything, NaN included: zero it before it meets
+            # a product (0 * NaN) or an exp in the gradient.
+            real = jnp.asarray(mask) > 0
+            rewards, log_probs, bootstrap = (jnp.where(real, x, 0.0) for x in (rewards, log_probs, bootstrap))
+            values = values.at[..., : lead[-1]].set(jnp.where(real, values[..., : lead[-1]], 0.0))
+        gae_rewards = rewards + cfg.gamma * bootstrap
         advantages = compute_gae_advantages(
             gae_rewards, values, batch.get("dones"), cfg.gamma, cfg.gae_lambda, batch.get("last_value")
         )
@@ -121,7 +127,7 @@ class PPOTrainer(RLTrainer):
         return {
             "observations": flatten_leading(batch["observations"], n),
             "actions": flatten_leading(batch["actions"], n),
-            "old_log_probs": flatten_leading(jnp.asarray(batch["log_probs"], jnp.float32), n),
+            "old_log_probs": flatten_leading(log_probs, n),
             "old_values": flatten_leading(old_values, n),
             "advantages": flatten_leading(advantages, n),
             "returns": flatten_leading(returns, n),

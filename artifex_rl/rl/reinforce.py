@@ -28,7 +28,14 @@ import jax
 import jax.numpy as jnp
 
 from artifex_rl.rl.base import RLTrainer
-from artifex_rl.rl.batch import canonical, check_leading, check_shape, flatten_leading, require, score_sequences
+from artifex_rl.rl.batch import (
+    canonical,
+    check_leading,
+    check_shape,
+    flatten_leading,
+    require,
+    score_sequences,
+)
 from artifex_rl.rl.configs import REINFORCEConfig
 from artifex_rl.rl.utils import compute_discounted_returns, masked_mean, masked_sum, normalize_advantages
 
@@ -62,6 +69,8 @@ class REINFORCETrainer(RLTrainer):
         for key in ("dones", "mask"):
             if key in batch:
                 check_shape(key, batch[key], lead, who)
+        if mask is not None:  # padding may hold anything, NaN included
+            rewards = jnp.where(jnp.asarray(mask) > 0, rewards, 0.0)
         returns = compute_discounted_returns(rewards, self.config.gamma, batch.get("dones"))
         mean_return = masked_mean(returns, mask)
         if self.config.normalize_returns:

@@ -124,7 +124,9 @@ def _reverse_recurrence(x: Array, discounts: Array) -> Array:
 
     def step(next_y: Array, xs: tuple[Array, Array]) -> tuple[Array, Array]:
         x_t, discount_t = xs
-        y_t = x_t + discount_t * next_y
+        # Select rather than multiply: across an episode end (discount 0) a
+        # NaN/inf in padding after it must not leak back as 0 * NaN.
+        y_t = x_t + jnp.where(discount_t == 0, 0.0, discount_t * next_y)
         return y_t, y_t
 
     init = jnp.zeros(x.shape[:-1], x.dtype)
@@ -350,7 +352,7 @@ def compute_gae_advantages(
     values = _as_float(values)
     value_t, value_next = _split_values(values, rewards, last_value)
     not_done = _not_done(dones, rewards)
-    deltas = rewards + gamma * value_next * not_done - value_t
+    deltas = rewards + jnp.where(not_done == 0, 0.0, gamma * value_next * not_done) - value_t
     return _reverse_recurrence(deltas, gamma * gae_lambda * not_done)
 
 
