@@ -1,0 +1,135 @@
+"""Training runs executed in separate processes by ``tests/test_checkpointing.py``.
+
+``python -m tests._resume_script run --ckpt-dir D --run-dir R --max-steps N [--resume] --out F``
+trains the tiny regression model with a ModelCheckpoint + EarlyStopping +
+MetricsLogger and writes the final state and callback states to ``F`` (npz).
+
+``python -m tests._resume_script crash-writer --ckpt-dir D`` trains and
+checkpoints every 2 steps until it is killed.
+
+``python -m tests._resume_script load-model --ckpt PATH --out F [--exit-save P]``
+restores the parameters into a freshly built model (no trainer) and writes
+them to ``F``; with ``--exit-save`` it then starts an async checkpoint save to
+``P`` and exits at once, without waiting for it (the process must finish it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+from artifex_rl.callbacks import CheckpointConfig, EarlyStopping, MetricsLogger, ModelCheckpoint
+from tests._models import TinyMLP, make_regression_trainer, regression_batches
+
+LOG_EVERY = 5
+SAVE_EVERY = 10
+
+
+def flat_state(tree) -> dict[str, np.ndarray]:
+    """``{"params/l1/kernel": array}`` of a pytree, for np.savez and comparisons."""
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): np.asarray(
+            leaf
+        )
+        for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    }
+
+
+def resume_callbacks(ckpt_dir: str, run_dir: str) -> list:
+    return [
+        MetricsLogger(run_dir, plot=False, parameter_overview=False, write_csv=False),
+        # min_delta large enough that the wait counter moves (its state must survive the resume).
+        EarlyStopping(monitor="loss", mode="min", patience=50, min_delta=0.05),
+        ModelCheckpoint(
+            CheckpointConfig(
+                ckpt_dir,
+                monitor="loss",
+                mode="min",
+                save_top_k=2,
+                every_n_train_steps=SAVE_EVERY,
+                async_save=True,
+            )
+        ),
+    ]
+
+
+def run(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
+    """Train to ``max_steps`` (resuming from ``ckpt_dir``'s last checkpoint if asked); return the outcome."""
+    trainer = make_regression_trainer(log_every_n_steps=LOG_EVERY)
+    callbacks = resume_callbacks(ckpt_dir, run_dir)
+    trainer.fit(
+        regression_batches(8),
+        max_steps=max_steps,
+        max_epochs=None,
+        callbacks=callbacks,
+        ckpt_path="last" if resume else None,
+    )
+    logger, stopper, checkpoint = callbacks
+    return {
+        "state": flat_state(trainer.train_state),
+        "global_step": trainer.global_step,
+        "current_epoch": trainer.current_epoch,
+        "early_stopping": stopper.state_dict(),
+        "checkpoint": checkpoint.state_dict(),
+        "rows": logger.rows(),
+    }
+
+
+def save_outcome(outcome: dict, path: str) -> None:
+    meta = {k: v for k, v in outcome.items() if k != "state"}
+    np.savez(path, __meta__=json.dumps(meta), **outcome["state"])
+
+
+def load_outcome(path: str) -> dict:
+    with np.load(path) as data:
+        meta = json.loads(str(data["__meta__"]))
+        meta["state"] = {k: data[k] for k in data.files if k != "__meta__"}
+    return meta
+
+
+def crash_writer(ckpt_dir: str) -> None:
+    """Train forever, checkpointing every 2 steps (all kept), until killed."""
+    trainer = make_regression_trainer(log_every_n_steps=2)
+    checkpoint = ModelCheckpoint(
+        CheckpointConfig(ckpt_dir, save_top_k=-1, every_n_train_steps=2, async_save=True)
+    )
+    print("started", flush=True)
+    trainer.fit(regression_batches(8), max_steps=10**9, max_epochs=None, callbacks=[checkpoint])
+
+
+def load_model_main(ckpt: str, out: str, exit_save: str | None) -> None:
+    from artifex_rl.checkpointing import TrainerCheckpointer, load_model
+
+    model = load_model(ckpt, lambda: TinyMLP(rngs=nnx.Rngs(123)))
+    np.savez(out, **flat_state(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+    if exit_save:
+        trainer = make_regression_trainer()
+        TrainerCheckpointer(async_save=True).save(trainer, exit_save)  # no wait, no close
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["run", "crash-writer", "load-model"])
+    parser.add_argument("--ckpt-dir")
+    parser.add_argument("--run-dir")
+    parser.add_argument("--ckpt")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--out")
+    parser.add_argument("--exit-save")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        save_outcome(run(args.ckpt_dir, args.run_dir, args.max_steps, args.resume), args.out)
+    elif args.command == "crash-writer":
+        crash_writer(args.ckpt_dir)
+    else:
+        load_model_main(args.ckpt, args.out, args.exit_save)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
