@@ -121,6 +121,10 @@ class CallbackList:
             ]
         return self._active[hook]
 
+    def has_listeners(self, hook: str) -> bool:
+        """Whether any callback overrides ``hook``."""
+        return bool(self._listeners(hook))
+
     def dispatch(self, hook: str, *args: Any) -> None:
         for cb in self._listeners(hook):
             getattr(cb, hook)(*args)

@@ -7,7 +7,9 @@ sides train on the same pre-built device batches:
   with both donated, a Python ``for`` loop, one ``block_until_ready`` at the end.
 * ``fit``: ``Trainer.fit`` (log every 10 steps) with
   (a) no callbacks, (b) ``ProgressBarCallback`` + ``MetricsLogger``,
-  (c) (b) + ``ModelCheckpoint`` every ``--ckpt-every`` (100) steps (async save).
+  (c) (b) + ``ModelCheckpoint`` every ``--ckpt-every`` (100) steps (async save);
+  and each of them again with ``steps_per_execution=10`` (ten batches per
+  compiled call, a ``lax.scan``), which removes the per-step Python cost.
 
 Each variant keeps one trainer (compiled once, warmed up); the variants run
 interleaved, ``--reps`` times each, and the median time per step is compared.
@@ -117,10 +119,11 @@ def make_baseline(batches, grad_norm: Callable | None = None) -> Callable[[int],
     return run
 
 
-def make_fit(batches, callbacks_fn: Callable[[str], list]) -> Callable[[int], float]:
+def make_fit(batches, callbacks_fn: Callable[[str], list], steps_per_execution: int = 1) -> Callable[[int], float]:
     """One trainer (compiled once); ``run(steps)`` continues training for ``steps`` more steps."""
     model = MLP(rngs=nnx.Rngs(0))
-    trainer = MSETrainer(model, optax.adam(1e-3), TrainerConfig(log_every_n_steps=10))
+    config = TrainerConfig(log_every_n_steps=10, steps_per_execution=steps_per_execution)
+    trainer = MSETrainer(model, optax.adam(1e-3), config)
     tmp = tempfile.mkdtemp(prefix="artifex_bench_")
     counter = [0]
 
@@ -276,6 +279,9 @@ def main() -> None:
         f"(c) (b) + ModelCheckpoint every {args.ckpt_every} steps": make_fit(
             batches, bar_logger_checkpoint(args.ckpt_every)
         ),
+        "(a10) (a) with steps_per_execution=10": make_fit(batches, no_callbacks, 10),
+        "(b10) (b) with steps_per_execution=10": make_fit(batches, bar_and_logger, 10),
+        "(c10) (c) with steps_per_execution=10": make_fit(batches, bar_logger_checkpoint(args.ckpt_every), 10),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.reps):

@@ -381,13 +381,13 @@ def _better_action_case(name):
     plus_minus = np.where(actions == 1, 1.0, -1.0).astype(np.float32)
     one_step = np.ones(16, np.float32)
     if name == "reinforce":
-        trainer = REINFORCETrainer(LinearPolicy(rngs=nnx.Rngs(0)), optax.sgd(0.5), REINFORCEConfig(entropy_coeff=0.0))
+        trainer = REINFORCETrainer(LinearPolicy(rngs=nnx.Rngs(0)), optax.sgd(0.5), REINFORCEConfig(entropy_coeff=0.0, log_grad_norm=True))
 
         def make_batch(rng):
             obs = random_obs(rng, 16)
             return obs, {"observations": obs, "actions": actions, "rewards": plus_minus, "dones": one_step}
     elif name == "ppo":
-        config = PPOConfig(update_epochs=2, num_minibatches=2, entropy_coeff=0.0, target_kl=0.5)
+        config = PPOConfig(update_epochs=2, num_minibatches=2, entropy_coeff=0.0, target_kl=0.5, log_grad_norm=True)
         trainer = PPOTrainer(LinearActorCritic(rngs=nnx.Rngs(0)), optax.sgd(0.5), config)
 
         def make_batch(rng):
@@ -398,14 +398,14 @@ def _better_action_case(name):
                 "log_probs": np_take(np_log_softmax(logits), actions).astype(np.float32), "dones": one_step,
             }
     elif name == "grpo":
-        config = GRPOConfig(num_generations=4, beta=0.0, entropy_coeff=0.0, policy="categorical")
+        config = GRPOConfig(num_generations=4, beta=0.0, entropy_coeff=0.0, policy="categorical", log_grad_norm=True)
         trainer = GRPOTrainer(LinearPolicy(rngs=nnx.Rngs(0)), optax.sgd(0.5), config)
 
         def make_batch(rng):
             obs = np.repeat(random_obs(rng, 4), 4, axis=0)  # one context per group, each action tried once
             return obs, {"observations": obs, "actions": actions, "rewards": (actions == 1).astype(np.float32)}
     else:
-        trainer = DPOTrainer(LinearPolicy(rngs=nnx.Rngs(0)), optax.sgd(0.5), DPOConfig(beta=1.0, policy="categorical"))
+        trainer = DPOTrainer(LinearPolicy(rngs=nnx.Rngs(0)), optax.sgd(0.5), DPOConfig(beta=1.0, policy="categorical", log_grad_norm=True))
         others = np.array([0, 2, 3])[np.arange(16) % 3]
 
         def make_batch(rng):
@@ -771,7 +771,7 @@ def test_grpo_categorical_loss_matches_numpy_k1_batch_scale_states_key_on_policy
 
 def test_grpo_only_degenerate_groups_leave_params_unchanged():
     rng = np.random.default_rng(14)
-    config = GRPOConfig(num_generations=4, beta=0.0, entropy_coeff=0.0, policy="categorical")
+    config = GRPOConfig(num_generations=4, beta=0.0, entropy_coeff=0.0, policy="categorical", log_grad_norm=True)
     trainer = GRPOTrainer(LinearPolicy(rngs=nnx.Rngs(8)), optax.adam(0.1), config)
     obs = np.repeat(random_obs(rng, 3), 4, axis=0)
     actions = rng.integers(0, N_ACTIONS, 12)
@@ -815,7 +815,7 @@ def test_grpo_padding_after_eos_never_contributes():
     """Tokens, old and reference log-probs at masked positions do not change the loss,
     the KL, the entropy or the update."""
     rng = np.random.default_rng(15)
-    config = GRPOConfig(num_generations=2, beta=0.1, entropy_coeff=0.05, loss_type="grpo")
+    config = GRPOConfig(num_generations=2, beta=0.1, entropy_coeff=0.05, loss_type="grpo", log_grad_norm=True)
     trainer = GRPOTrainer(CurrentTokenLM(rngs=nnx.Rngs(9)), optax.sgd(0.5), config)
     initial = host(trainer.train_state)
     batch, padding = _masked_token_batch(rng)

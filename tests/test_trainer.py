@@ -153,8 +153,18 @@ def test_train_step_matches_a_hand_written_optax_step():
 def test_train_step_returns_device_metrics_with_loss():
     trainer = make_regression_trainer()
     metrics = trainer.train_step(regression_batches(1)[0])
-    assert set(metrics) >= {"loss", "mae", "grad_norm"}
+    assert set(metrics) == {"loss", "mae"}
     assert all(isinstance(v, jax.Array) and v.shape == () for v in metrics.values())
+
+
+def test_grad_norm_is_reported_on_request_and_equals_the_gradients_norm():
+    batch = regression_batches(1)[0]
+    trainer = make_regression_trainer(log_grad_norm=True)
+    model = nnx.merge(trainer.graphdef, trainer.train_state["params"], trainer.train_state["model_state"])
+    grads = nnx.grad(lambda m: jnp.mean((m(batch["x"]) - batch["y"]) ** 2))(model)
+    expected = np.sqrt(sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads)))
+    metrics = trainer.train_step(batch)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -373,3 +383,63 @@ def test_accumulation_with_indivisible_batch_names_the_sizes():
     trainer = make_regression_trainer(grad_accum_steps=3)
     with pytest.raises(ValueError, match=r"16 samples into 3.*16 % 3"):
         trainer.train_step(regression_batches(1, batch_size=16)[0])
+
+
+# ------------------------------------------------------- steps_per_execution
+
+
+def test_train_steps_equals_sequential_train_step():
+    data = regression_batches(4)
+    one = make_regression_trainer(seed=2)
+    for b in data:
+        last = one.train_step(b)
+    fused = make_regression_trainer(seed=2)
+    stacked = fused.train_steps(data)
+    assert fused.global_step == 4 and stacked["loss"].shape == (4,)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        one.train_state,
+        fused.train_state,
+    )
+    np.testing.assert_allclose(float(last["loss"]), float(stacked["loss"][-1]), rtol=1e-6)
+
+
+class _LogGrab(Callback):
+    def __init__(self):
+        self.logged: list[tuple[int, float]] = []
+
+    def on_log(self, trainer, metrics, step):
+        self.logged.append((step, metrics["loss"]))
+
+
+def test_fit_with_steps_per_execution_logs_and_stops_on_the_same_steps():
+    data = regression_batches(7)
+    runs = {}
+    for k in (1, 3):
+        trainer = make_regression_trainer(seed=4, log_every_n_steps=4, steps_per_execution=k)
+        rec = Recorder()
+        grab = _LogGrab()
+        trainer.fit(data, max_steps=17, max_epochs=None, callbacks=[rec, grab])
+        runs[k] = (trainer, rec, grab.logged)
+    (t1, _, l1), (t3, r3, l3) = runs[1], runs[3]
+    assert t3.global_step == t1.global_step == 17
+    assert t3.current_epoch == t1.current_epoch == 2 and t3.batches_seen_in_epoch == 3
+    assert [s for s, _ in l3] == [s for s, _ in l1] == [4, 8, 12, 16, 17]
+    np.testing.assert_allclose([v for _, v in l3], [v for _, v in l1], rtol=1e-5)
+    starts = [c[1] for c in r3.calls if c[0] == "batch_start"]
+    ends = [c[1] for c in r3.calls if c[0] == "batch_end"]
+    assert starts == ends == list(range(17))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        t1.train_state["params"],
+        t3.train_state["params"],
+    )
+    # Chunk sizes 3, 1 (to step 4), 3, 1, ... : few distinct shapes, few compilations.
+    assert t3.trace_count <= 3
+
+
+def test_train_steps_rejects_different_static_entries():
+    trainer = make_regression_trainer()
+    a, b = regression_batches(2)
+    with pytest.raises(ValueError, match="equal static"):
+        trainer.train_steps([{**a, "flag": 1}, {**b, "flag": 2}])

@@ -55,7 +55,7 @@ class DPOTrainer(RLTrainer):
 
     Metrics: ``loss`` (= ``dpo_loss``), ``chosen_reward``,
     ``rejected_reward``, ``reward_margin``, ``reward_accuracy``,
-    ``chosen_log_prob``, ``rejected_log_prob``, ``grad_norm``.
+    ``chosen_log_prob``, ``rejected_log_prob`` (and ``grad_norm``, see TrainerConfig).
     """
 
     config_class = DPOConfig

@@ -68,6 +68,9 @@ from artifex_rl.rl.utils import (
 
 _log = logging.getLogger(__name__)
 
+#: Salt separating the host-reward path's sampling keys from the step's keys.
+_HOST_SAMPLING_STREAM = 0x5A3
+
 Array = jax.Array
 #: ``sample_fn(model, prompts (B, P), key) -> object with tokens (B, P+N),
 #: completion_mask (B, P+N), log_probs (B, P+N)`` (e.g. GenerationOutput).
@@ -101,7 +104,8 @@ class GRPOTrainer(RLTrainer):
     Metrics: ``loss``, ``policy_loss``, ``mean_reward``, ``reward_std``,
     ``group_advantage_std``, ``frac_reward_zero_std``, ``kl`` (mean KL to the
     reference), ``kl_penalty`` (``beta * kl``), ``approx_kl`` (old || new),
-    ``clip_fraction``, ``entropy``, ``completion_length`` (tokens), ``grad_norm``.
+    ``clip_fraction``, ``entropy``, ``completion_length`` (tokens) (and ``grad_norm``,
+    see TrainerConfig).
     """
 
     config_class = GRPOConfig
@@ -203,7 +207,9 @@ class GRPOTrainer(RLTrainer):
             self._host_sampler = jax.jit(sample)
         key = batch.get("sample_key")
         if key is None:
-            self.train_state["rng"], key = jax.random.split(self.train_state["rng"])
+            # A stream of its own, derived like the step's: (seed key, step).
+            sampling_stream = jax.random.fold_in(self.train_state["rng"], _HOST_SAMPLING_STREAM)
+            key = jax.random.fold_in(sampling_stream, self.global_step)
         prompts, conditions, completions, mask, log_probs = self._host_sampler(
             self.train_state["params"], self.train_state["model_state"], batch["observations"],
             batch.get("conditions"), key,

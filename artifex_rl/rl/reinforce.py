@@ -45,8 +45,7 @@ class REINFORCETrainer(RLTrainer):
 
     Metrics: ``loss``, ``policy_loss``, ``entropy``, ``mean_reward`` and
     ``reward_std`` (over the batch's valid rewards), ``mean_return`` (discounted,
-    before normalisation),
-    ``grad_norm``.
+    before normalisation), and ``grad_norm`` (see TrainerConfig).
     """
 
     config_class = REINFORCEConfig
