@@ -24,6 +24,7 @@ Inside one compiled step, in order:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -40,6 +41,9 @@ from artifex_rl.events import Callback, CallbackList
 Array = jax.Array
 Batch = Mapping[str, Any]
 Metrics = dict[str, Array]
+
+# Salt of the per-epoch shuffle key; minibatch keys fold in their index 0..M-1.
+_SHUFFLE_SALT = 0x5F3759DF
 
 # Exact types checked first: isinstance against the jax.Array ABC costs ~1 us.
 _ARRAY_TYPES = frozenset({type(jnp.zeros(())), np.ndarray})
@@ -325,7 +329,8 @@ class Trainer:
         # The stream is a function of (seed key, step): exactly resumable, and
         # XLA drops the key derivation when no one uses it (a split on XLA:CPU
         # costs ~70 us, as much as a small model's whole step).
-        prep_rng, update_rng = jax.random.split(jax.random.fold_in(state["rng"], state["step"]))
+        step_key = jax.random.fold_in(state["rng"], state["step"])
+        prep_rng, update_rng = jax.random.fold_in(step_key, 0), jax.random.fold_in(step_key, 1)
         model = nnx.merge(self.graphdef, state["params"], state["model_state"])
         frozen = {
             name: nnx.merge(self._frozen_graphdefs[name], st) for name, st in frozen_states.items()
@@ -353,9 +358,12 @@ class Trainer:
         if epochs == 1 and minibatches == 1:
             return self._gradient_update(params, model_state, opt_state, batch, rng)
 
-        def one_update(carry, xs):
+        def one_update(carry, xs, epoch_key):
             params, model_state, opt_state, active = carry
-            minibatch, key = xs
+            minibatch, index = xs
+            # Derived where it is used, so XLA drops it when compute_loss
+            # ignores its rng (threefry calls cost tens of us on XLA:CPU).
+            key = jax.random.fold_in(epoch_key, index)
             new = self._gradient_update(params, model_state, opt_state, minibatch, key)
             *new_carry, metrics = new
             go_on = self.continue_updates(metrics)
@@ -367,20 +375,20 @@ class Trainer:
                 active = active & go_on
             return (*new_carry, active), metrics
 
-        def one_epoch(carry, key):
-            shuffle_key, update_key = jax.random.split(key)
+        def one_epoch(carry, epoch):
+            epoch_key = jax.random.fold_in(rng, epoch)
             if minibatches > 1:
                 n = next(iter(_leading_dims(batch).values()))
-                perm = jax.random.permutation(shuffle_key, n) if n is not None else None
+                perm = jax.random.permutation(jax.random.fold_in(epoch_key, _SHUFFLE_SALT), n) if n is not None else None
                 shuffled = jax.tree.map(lambda x: x[perm], batch) if perm is not None else batch
             else:
                 shuffled = batch
             split = _split_leading(shuffled, minibatches, "minibatches")
-            keys = jax.random.split(update_key, minibatches)
-            return jax.lax.scan(one_update, carry, (split, keys))
+            update = functools.partial(one_update, epoch_key=epoch_key)
+            return jax.lax.scan(update, carry, (split, jnp.arange(minibatches)))
 
         carry = (params, model_state, opt_state, jnp.array(True))
-        carry, metrics = jax.lax.scan(one_epoch, carry, jax.random.split(rng, epochs))
+        carry, metrics = jax.lax.scan(one_epoch, carry, jnp.arange(epochs))
         params, model_state, opt_state, _ = carry
         metrics = jax.tree.map(lambda x: jnp.mean(x, axis=(0, 1)), metrics)
         return params, model_state, opt_state, metrics
@@ -410,13 +418,14 @@ class Trainer:
 
             def accumulate(carry, xs):
                 grad_sum, model_state = carry
-                micro_batch, key = xs
+                micro_batch, index = xs
+                key = jax.random.fold_in(rng, index)  # dropped by XLA when unused
                 grads, model_state, metrics = self._loss_and_grads(params, model_state, micro_batch, key)
                 return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
 
             zeros = jax.tree.map(jnp.zeros_like, params)
             (grad_sum, model_state), metrics = jax.lax.scan(
-                accumulate, (zeros, model_state), (micro, jax.random.split(rng, k))
+                accumulate, (zeros, model_state), (micro, jnp.arange(k))
             )
             # Mean of per-micro-batch mean gradients == gradient of the mean
             # over the whole batch when the micro-batches have equal size.

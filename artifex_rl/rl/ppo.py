@@ -123,25 +123,28 @@ class PPOTrainer(RLTrainer):
         residual_var = _masked_var(advantages, mask)
         returns_var = _masked_var(returns, mask)
         n = rewards.ndim
-        valid = jnp.ones(lead, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
-        return {
+        prepared = {
             "observations": flatten_leading(batch["observations"], n),
             "actions": flatten_leading(batch["actions"], n),
             "old_log_probs": flatten_leading(log_probs, n),
             "old_values": flatten_leading(old_values, n),
             "advantages": flatten_leading(advantages, n),
             "returns": flatten_leading(returns, n),
-            "mask": flatten_leading(valid, n),
             "metrics": {
                 "mean_reward": masked_mean(rewards, mask),
                 "advantage_mean": masked_mean(advantages, mask),
                 "explained_variance": 1.0 - residual_var / (returns_var + 1e-8),
             },
         }
+        if mask is not None:
+            # Only when there is padding: masked means cost several extra ops
+            # each, and XLA:CPU's per-op cost dominates a small model's update.
+            prepared["mask"] = flatten_leading(jnp.asarray(mask, jnp.float32), n)
+        return prepared
 
     def compute_loss(self, model, batch, rng):
         cfg = self.config
-        mask = batch["mask"]
+        mask = batch.get("mask")
         policy_output, value = _split_model_output(model(batch["observations"]), type(self).__name__)
         log_prob = self.policy.log_prob(policy_output, batch["actions"])
         entropy = masked_mean(self.policy.entropy(policy_output), mask)

@@ -75,18 +75,19 @@ class REINFORCETrainer(RLTrainer):
         if self.config.normalize_returns:
             returns = normalize_advantages(returns, mask)
         n = rewards.ndim
-        valid = jnp.ones(lead, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
-        return {
+        prepared = {
             "observations": flatten_leading(batch["observations"], n),
             "actions": flatten_leading(batch["actions"], n),
             "returns": flatten_leading(returns, n),
-            "mask": flatten_leading(valid, n),
             "metrics": {
                 "mean_reward": masked_mean(rewards, mask),
                 "reward_std": jnp.sqrt(masked_mean(jnp.square(rewards - masked_mean(rewards, mask)), mask)),
                 "mean_return": mean_return,
             },
         }
+        if mask is not None:  # masked means only where there is padding
+            prepared["mask"] = flatten_leading(jnp.asarray(mask, jnp.float32), n)
+        return prepared
 
     def _prepare_sequences(self, batch, rewards, who) -> dict[str, Any]:
         prompts, completions = batch["observations"], batch["actions"]
@@ -114,7 +115,7 @@ class REINFORCETrainer(RLTrainer):
             policy_loss = -jnp.mean(log_prob * returns)
             entropy = masked_mean(token_entropy, mask)
         else:
-            mask = batch["mask"]
+            mask = batch.get("mask")
             output = model(batch["observations"])
             log_prob = self.policy.log_prob(output, batch["actions"])
             policy_loss = -masked_mean(log_prob * returns, mask)
