@@ -3,6 +3,7 @@
 Everything public is re-exported here; see ``docs/architecture.md`` for where it lives.
 """
 
+from artifex_rl.autoregressive import AutoregressiveTrainer
 from artifex_rl.callbacks import Callback
 from artifex_rl.config import TrainerConfig
 from artifex_rl.rl import (
@@ -30,6 +31,7 @@ from artifex_rl.trainer import Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoregressiveTrainer",
     "Callback",
     "CategoricalPolicy",
     "ClippedReward",

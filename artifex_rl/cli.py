@@ -2,8 +2,8 @@
 
 Each recipe (``cartpole-ppo``, ``lm-grpo``, ...) lives in
 :mod:`artifex_rl.recipes` and writes the same outputs into ``--run-dir``:
-``metrics.jsonl`` (one JSON object per logged step), ``summary.json``, a PNG
-learning curve and a checkpoint.
+``metrics.jsonl`` (one JSON object per logged step), ``summary.json``, the
+``metrics.png`` learning curves and a checkpoint.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.run_dir = f"runs/{args.recipe}"
     summary = load_recipe(args.recipe)(args)
     print(json.dumps(summary, indent=2, sort_keys=True))
-    print(f"\nrun directory: {args.run_dir} (metrics.jsonl, summary.json, learning_curve.png, checkpoints/)")
+    print(f"\nrun directory: {args.run_dir} (metrics.jsonl, summary.json, metrics.png, checkpoints/)")
     return 0
 
 

@@ -5,6 +5,8 @@ from artifex_rl.callbacks.early_stopping import EarlyStopping
 from artifex_rl.callbacks.metrics_logger import MetricsLogger
 from artifex_rl.callbacks.profiler import DeviceMemoryMonitor, JAXProfiler, ProfilingConfig
 from artifex_rl.callbacks.progress import ProgressBarCallback
+from artifex_rl.callbacks.samples import SampleTableLogger
+from artifex_rl.callbacks.throughput import Throughput
 from artifex_rl.callbacks.wandb_logger import WandbLoggerCallback, WandbLoggerConfig
 from artifex_rl.events import Callback, CallbackList
 
@@ -19,6 +21,8 @@ __all__ = [
     "ModelCheckpoint",
     "ProfilingConfig",
     "ProgressBarCallback",
+    "SampleTableLogger",
+    "Throughput",
     "WandbLoggerCallback",
     "WandbLoggerConfig",
 ]

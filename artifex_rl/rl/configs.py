@@ -165,6 +165,10 @@ class DPOConfig(TrainerConfig):
         length-normalised log-probs and a target margin ``simpo_gamma``.
       loss_type: ``"sigmoid"``, ``"hinge"``, ``"ipo"`` or ``"robust"``.
       simpo_gamma: SimPO's target reward margin.
+      nll_coeff: weight of the chosen completions' per-token NLL added to the
+        loss (RPO, Pang et al. 2024; 0 = plain DPO). It keeps the chosen
+        answers likely: plain DPO only constrains the *difference* of
+        log-ratios and can learn preferences by making every answer less likely.
       policy: ``"auto"`` (default: integer ``(B, N)`` chosen/rejected are
         token sequences, integer ``(B,)`` categorical actions, float
         Gaussian actions) or one of ``"tokens"``, ``"categorical"``, ``"gaussian"``.
@@ -176,10 +180,12 @@ class DPOConfig(TrainerConfig):
     loss_type: str = "sigmoid"
     simpo_gamma: float = 0.5
     policy: str = "auto"
+    nll_coeff: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_range("beta", self.beta, 0.0)
+        _check_range("nll_coeff", self.nll_coeff, 0.0)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)
         _check("loss_type", self.loss_type, DPO_LOSS_TYPES)
         _check("policy", self.policy, POLICIES_OR_AUTO)

@@ -53,7 +53,8 @@ class DPOTrainer(RLTrainer):
         it is now; a module to use instead; ``None``: reference log-probs
         must come with each batch (or ``reference_free=True``).
 
-    Metrics: ``loss`` (= ``dpo_loss``), ``chosen_reward``,
+    Metrics: ``loss`` (= ``dpo_loss``, plus ``nll_coeff * chosen_nll`` when
+    ``nll_coeff > 0``), ``chosen_reward``,
     ``rejected_reward``, ``reward_margin``, ``reward_accuracy``,
     ``chosen_log_prob``, ``rejected_log_prob`` (and ``grad_norm``, see TrainerConfig).
     """
@@ -161,9 +162,18 @@ class DPOTrainer(RLTrainer):
             simpo_gamma=cfg.simpo_gamma,
             **lengths,
         )
+        dpo_loss, extra = loss, {}
+        if cfg.nll_coeff > 0:
+            # Per-token NLL of the chosen completions (RPO): their summed
+            # log-probs over the batch divided by their token count.
+            tokens = jnp.sum(batch["chosen_mask"]) if self.is_token_policy else chosen.shape[0]
+            nll = -jnp.sum(chosen) / jnp.maximum(tokens, 1.0)
+            loss = loss + cfg.nll_coeff * nll
+            extra = {"chosen_nll": nll}
         return loss, {
-            "dpo_loss": loss,
+            "dpo_loss": dpo_loss,
             "chosen_log_prob": jnp.mean(chosen),
             "rejected_log_prob": jnp.mean(rejected),
             **metrics,
+            **extra,
         }

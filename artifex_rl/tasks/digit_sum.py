@@ -134,7 +134,7 @@ class DigitSumTask:
         targets = uniform_ints(uniforms, 0, self.max_target)
         return self.encode_prompts(targets), targets
 
-    @property
+    @functools.cached_property
     def reward_fn(self) -> CompositeReward:
         """The task reward: ``0.5 * strict + 0.5 * lenient`` closeness (module docstring)."""
         strict = DigitSumCloseness(self.tokenizer, num_digits=self.num_digits, strict=True)

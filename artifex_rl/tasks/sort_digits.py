@@ -122,7 +122,7 @@ class SortDigitsTask:
         digits = uniform_ints(uniforms, 0, 9)
         return self.encode_prompts(digits), jnp.sort(digits, axis=1)
 
-    @property
+    @functools.cached_property
     def reward_fn(self) -> CompositeReward:
         """The task reward: ``0.5 * strict + 0.5 * lenient`` accuracy (module docstring)."""
         strict = SortedPositionAccuracy(self.tokenizer, strict=True)
