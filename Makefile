@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m artifex_rl.cli demo --run-dir $(RUN_DIR)
+	$(VENV)/bin/artifex-rl train cartpole-ppo --run-dir $(RUN_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
