@@ -30,7 +30,7 @@ def test_every_trainer_learns_the_bandit_example():
         assert after > 0.85, f"{name}: {before:.2f} -> {after:.2f}"
 
 
-@pytest.mark.parametrize("page", ["reinforce.md"])
+@pytest.mark.parametrize("page", ["reinforce.md", "ppo.md"])
 def test_docs_code_block_runs(page):
     """The self-contained python blocks of the trainer pages run as written."""
     text = (EXAMPLES.parent / "docs" / "trainers" / page).read_text()
