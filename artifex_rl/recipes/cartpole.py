@@ -87,6 +87,17 @@ def _dims(env_name: str, policy: str) -> tuple[int, int]:
     return obs_dim, int(spec.num_actions if spec.discrete else spec.dim)
 
 
+def _rollout_source(settings: EnvRunSettings, trainer: Trainer, policy: str, seed: int) -> GymnaxRolloutSource:
+    return GymnaxRolloutSource(
+        settings.env_name,
+        trainer,
+        num_envs=settings.num_envs,
+        num_steps=settings.num_steps,
+        policy=policy,
+        seed=seed,
+    )
+
+
 def build_ppo(settings: EnvRunSettings, config: PPOConfig, seed: int) -> tuple[PPOTrainer, GymnaxRolloutSource]:
     """The PPO trainer and its rollout source for ``settings`` (validated before any compile)."""
     if settings.steps_per_iteration % config.num_minibatches:
@@ -99,15 +110,7 @@ def build_ppo(settings: EnvRunSettings, config: PPOConfig, seed: int) -> tuple[P
     model = ActorCritic(obs_dim, action_dim, settings.hidden, continuous=continuous, rngs=nnx.Rngs(seed))
     tx = _optimizer(settings, config.update_epochs * config.num_minibatches)
     trainer = PPOTrainer(model, tx, config)
-    source = GymnaxRolloutSource(
-        settings.env_name,
-        trainer,
-        num_envs=settings.num_envs,
-        num_steps=settings.num_steps,
-        policy=config.policy,
-        seed=seed,
-    )
-    return trainer, source
+    return trainer, _rollout_source(settings, trainer, config.policy, seed)
 
 
 def build_reinforce(
@@ -118,15 +121,7 @@ def build_reinforce(
     model = MLPPolicy(obs_dim, action_dim, settings.hidden, continuous=config.policy == "gaussian",
                       rngs=nnx.Rngs(seed))
     trainer = REINFORCETrainer(model, _optimizer(settings, 1), config)
-    source = GymnaxRolloutSource(
-        settings.env_name,
-        trainer,
-        num_envs=settings.num_envs,
-        num_steps=settings.num_steps,
-        policy=config.policy,
-        seed=seed,
-    )
-    return trainer, source
+    return trainer, _rollout_source(settings, trainer, config.policy, seed)
 
 
 def train(
