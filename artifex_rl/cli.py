@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=None, help="RL steps (language-model recipes; default per recipe)")
     train.add_argument("--task", default=None, help="language-model task (lm-* recipes), e.g. digit_sum or sort_digits")
     train.add_argument("--log-every", type=int, default=None, help="log metrics every N trainer steps")
+    train.add_argument("--steps-per-execution", type=int, default=None,
+                       help="trainer steps per compiled call (environment recipes; default 10)")
     train.add_argument("--wandb-mode", default="disabled", choices=["online", "offline", "disabled"],
                        help="Weights & Biases mode (default: disabled; offline needs no account)")
     train.add_argument("--wandb-project", default="artifex-rl")

@@ -33,9 +33,14 @@ class TrainerConfig:
         extra reduction costs ~10% of a step.
       steps_per_execution: ``fit`` runs this many batches per compiled call
         (a ``lax.scan`` over the step, as in Keras), paying the Python loop's
-        cost once per call. Only for dataloaders whose batches do not depend
-        on the current parameters (not for rollout sources that act with the
-        policy). Logging and ``max_steps`` land on the same steps as with 1.
+        and the runtime's per-call cost once per call. A source that makes
+        its batches on the device with the current policy (a
+        :class:`~artifex_rl.device_source.DeviceBatchSource`, e.g. a gymnax
+        rollout source) is fused into the call: each round collects with
+        the parameters of the round before, exactly as with 1. Any other
+        dataloader is read ``steps_per_execution`` batches ahead, so use it
+        only when batches do not depend on the current parameters. Logging
+        and ``max_steps`` land on the same steps as with 1.
     """
 
     log_every_n_steps: int = 10

@@ -36,6 +36,7 @@ import optax
 from flax import nnx
 
 from artifex_rl.config import TrainerConfig
+from artifex_rl.device_source import DeviceBatchSource, is_device_batch_source
 from artifex_rl.events import Callback, CallbackList
 
 Array = jax.Array
@@ -243,6 +244,7 @@ class Trainer:
         self._metric_buffer: list[Metrics] = []
         self._step_fn = jax.jit(self._step, donate_argnums=(0,), static_argnums=(3,))
         self._fused_step_fn = jax.jit(self._fused_steps, donate_argnums=(0,), static_argnums=(3,))
+        self._source_step_fn = jax.jit(self._source_steps, donate_argnums=(0, 2), static_argnums=(4, 5))
 
     # ------------------------------------------------------------------ #
     # The algorithm's extension points
@@ -521,7 +523,11 @@ class Trainer:
             for _ in range(self.batches_seen_in_epoch):
                 next(iterator, None)
         yielded = self.batches_seen_in_epoch > 0
-        if self.config.steps_per_execution > 1:
+        if self.config.steps_per_execution > 1 and is_device_batch_source(dataloader):
+            yielded = self._run_device_source_steps(dataloader) or yielded
+            if self._finished():
+                return
+        elif self.config.steps_per_execution > 1:
             yielded = self._run_fused_steps(iterator) or yielded
             if self._finished():
                 return
@@ -578,6 +584,78 @@ class Trainer:
                 for i in range(len(chunk)):
                     dispatch("on_train_batch_end", self, _StepView(stacked, i), first + i)
         return yielded
+
+    def _run_device_source_steps(self, source: DeviceBatchSource) -> bool:
+        """The epoch for a source that makes its batches on the device (a rollout source).
+
+        Each compiled call runs up to ``steps_per_execution`` rounds of "make a
+        batch with the current parameters, update on it" (see
+        :mod:`artifex_rl.device_source`). Chunks end at logging steps, at
+        ``max_steps`` and at the source's epoch length (when it has one).
+        Hooks run per batch as in :meth:`_run_fused_steps`, except that
+        ``on_train_batch_start`` gets ``batch=None``: the batch does not exist
+        until the call has run. Returns whether any batch came.
+        """
+        dispatch = self.callbacks.dispatch
+        log_every, k = self.config.log_every_n_steps, self.config.steps_per_execution
+        try:
+            epoch_length: int | None = len(source)  # type: ignore[arg-type]
+        except TypeError:
+            epoch_length = None  # an infinite source: fit stops at max_steps
+        batch_fn = source.device_batch_fn(self.graphdef)
+        yielded = False
+        while not self._finished():
+            size = min(k, log_every - self.global_step % log_every)
+            if self.max_steps is not None:
+                size = min(size, self.max_steps - self.global_step)
+            if epoch_length is not None:
+                size = min(size, epoch_length - self.batches_seen_in_epoch)
+            if size <= 0:
+                break
+            yielded = True
+            first = self.global_step
+            for i in range(size):
+                dispatch("on_train_batch_start", self, None, first + i)
+            self.train_state, source.source_state, stacked = self._source_step_fn(
+                self.train_state, self._frozen_states, source.source_state, size, batch_fn, k
+            )
+            if size < k:
+                stacked = jax.tree.map(lambda x, n=size: x[:n], stacked)
+            source.advance(size)
+            self.global_step += size
+            self.batches_seen_in_epoch += size
+            self.last_outputs = {}
+            self._sync_model()
+            self._metric_buffer.append(stacked)
+            if self.global_step % log_every == 0:
+                self._flush_metrics()
+            if self.callbacks.has_listeners("on_train_batch_end"):
+                for i in range(size):
+                    dispatch("on_train_batch_end", self, _StepView(stacked, i), first + i)
+        return yielded
+
+    def _source_steps(self, state, frozen_states, source_state, n_active, batch_fn, k):
+        def round_(carry):
+            state, source_state = carry
+            batch, source_state = batch_fn(state["params"], state["model_state"], source_state)
+            arrays, static = self._split_batch(batch)
+            state, metrics, _ = self._step(state, frozen_states, arrays, static)
+            return (state, source_state), metrics
+
+        # A chunk shorter than k (at max_steps or an epoch end) runs this same
+        # program and skips its last rounds, so it compiles once for any chunk
+        # size. The skipped rounds need the metrics' structure, hence one
+        # abstract evaluation (not counted as a trace of the step).
+        traces = self.trace_count
+        metrics_shape = jax.eval_shape(round_, (state, source_state))[1]
+        self.trace_count = traces
+        skipped = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), metrics_shape)
+
+        def one(carry, index):
+            return jax.lax.cond(index < n_active, round_, lambda c: (c, skipped), carry)
+
+        (state, source_state), metrics = jax.lax.scan(one, (state, source_state), jnp.arange(k))
+        return state, source_state, metrics
 
     def train_steps(self, batches: Sequence[Batch]) -> Metrics:
         """Run ``len(batches)`` optimisation steps in ONE compiled call (a ``lax.scan``).

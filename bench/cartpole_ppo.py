@@ -273,7 +273,10 @@ def run_ours(seed: int = 0, total_timesteps: int = 500_000, run_dir: str | None 
     settings = EnvRunSettings(
         "CartPole-v1", total_timesteps, cfg.num_envs, cfg.num_steps, cfg.lr, cfg.anneal_lr, (cfg.hidden,) * 2
     )
-    trainer, source = build_ppo(settings, PPOConfig(log_every_n_steps=settings.log_every, seed=seed), seed)
+    config = PPOConfig(
+        log_every_n_steps=settings.log_every, seed=seed, steps_per_execution=settings.steps_per_execution
+    )
+    trainer, source = build_ppo(settings, config, seed)
     returns = Returns()
     with tempfile.TemporaryDirectory() as tmp:
         callbacks = [returns, MetricsLogger(run_dir or tmp, plot=False), ProgressBarCallback()]

@@ -4,7 +4,10 @@ PPO uses the standard CleanRL/PureJaxRL CartPole settings: 4 envs x 128
 steps per iteration, 4 epochs x 4 minibatches, Adam 2.5e-4 linearly annealed
 to 0, clip 0.2, entropy 0.01, value 0.5, max grad norm 0.5, gamma 0.99,
 lambda 0.95. Each ``fit`` step is one iteration: a compiled rollout with the
-current policy (the data source) followed by the compiled PPO update.
+current policy (the data source) followed by the compiled PPO update;
+``steps_per_execution`` (default 10) of those iterations run in one compiled
+call (``fit`` fuses rollout and update for a device source, see
+:mod:`artifex_rl.device_source`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class EnvRunSettings:
     anneal_lr: bool
     hidden: tuple[int, ...] = (64, 64)
     log_every: int = 10
+    #: Iterations (rollout + update) per compiled call; see TrainerConfig.
+    steps_per_execution: int = 10
 
     @property
     def steps_per_iteration(self) -> int:
@@ -51,10 +56,15 @@ class EnvRunSettings:
 
 
 class CompileTimer(Callback):
-    """Times the first step (compilation of rollout and update included)."""
+    """Times the first compiled call (compilation of rollout and update included).
+
+    ``steps_at_compile`` is the global step after that call: with
+    ``steps_per_execution > 1`` the first call runs several iterations.
+    """
 
     def __init__(self) -> None:
         self.compile_seconds = 0.0
+        self.steps_at_compile = 0
         self._start = 0.0
 
     def on_train_batch_start(self, trainer, batch, step) -> None:
@@ -63,8 +73,9 @@ class CompileTimer(Callback):
 
     def on_train_batch_end(self, trainer, metrics, step) -> None:
         if not self.compile_seconds:
-            jax.block_until_ready(metrics)  # one sync, on the first step only
+            jax.block_until_ready(trainer.train_state)  # one sync, on the first call only
             self.compile_seconds = time.perf_counter() - self._start
+            self.steps_at_compile = trainer.global_step
 
 
 def _optimizer(settings: EnvRunSettings, updates_per_iteration: int) -> optax.GradientTransformation:
@@ -145,7 +156,7 @@ def train(
         "total_env_steps": total_steps,
         "wall_seconds": wall,
         "compile_seconds": timer.compile_seconds,
-        "sps": (total_steps - settings.steps_per_iteration) / run_seconds,
+        "sps": (total_steps - timer.steps_at_compile * settings.steps_per_iteration) / run_seconds,
         "iterations": trainer.global_step,
     }
 
@@ -160,6 +171,7 @@ def _settings(args: Namespace, env_name: str, default_steps: int, num_envs: int,
         learning_rate=learning_rate,
         anneal_lr=True,
         log_every=args.log_every or 10,
+        steps_per_execution=getattr(args, "steps_per_execution", None) or 10,
     )
 
 
@@ -175,7 +187,8 @@ def _run(args: Namespace, trainer: Trainer, source, settings: EnvRunSettings, co
 def run_ppo(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train cartpole-ppo``: 500k steps by default."""
     settings = _settings(args, "CartPole-v1", 500_000, 4, 128, 2.5e-4)
-    config = PPOConfig(log_every_n_steps=settings.log_every, seed=args.seed)
+    config = PPOConfig(log_every_n_steps=settings.log_every, seed=args.seed,
+                       steps_per_execution=settings.steps_per_execution)
     trainer, source = build_ppo(settings, config, args.seed)
     return _run(args, trainer, source, settings, config)
 
@@ -184,7 +197,8 @@ def run_reinforce(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train cartpole-reinforce``: Monte-Carlo policy gradient, 500k steps."""
     settings = _settings(args, "CartPole-v1", 500_000, 8, 256, 3e-3)
     config = REINFORCEConfig(gamma=0.99, entropy_coeff=0.01, log_every_n_steps=settings.log_every,
-                             seed=args.seed, max_grad_norm=1.0)
+                             seed=args.seed, max_grad_norm=1.0,
+                             steps_per_execution=settings.steps_per_execution)
     trainer, source = build_reinforce(settings, config, args.seed)
     return _run(args, trainer, source, settings, config)
 
@@ -194,6 +208,6 @@ def run_pendulum_ppo(args: Namespace) -> dict[str, Any]:
     settings = _settings(args, "Pendulum-v1", 500_000, 16, 128, 1e-3)
     config = PPOConfig(gamma=0.95, gae_lambda=0.95, entropy_coeff=0.0, update_epochs=10,
                        num_minibatches=16, policy="gaussian", log_every_n_steps=settings.log_every,
-                       seed=args.seed)
+                       seed=args.seed, steps_per_execution=settings.steps_per_execution)
     trainer, source = build_ppo(settings, config, args.seed)
     return _run(args, trainer, source, settings, config)

@@ -1,0 +1,125 @@
+"""fit() fusing a device rollout source with the update (steps_per_execution > 1).
+
+The fused run must be the sequential run: the same parameters, optimizer
+state, environment state, logged metrics and hook calls, with one compile
+whatever the chunk sizes.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from artifex_rl.device_source import is_device_batch_source
+from artifex_rl.envs import GymnaxRolloutSource
+from artifex_rl.events import Callback
+from artifex_rl.models import ActorCritic
+from artifex_rl.rl import PPOConfig, PPOTrainer
+
+B, T = 4, 16
+
+
+class Record(Callback):
+    def __init__(self) -> None:
+        self.starts: list[tuple[object, int]] = []
+        self.ends: list[tuple[int, float]] = []
+        self.logs: list[tuple[int, dict]] = []
+        self.epochs: list[int] = []
+
+    def on_train_batch_start(self, trainer, batch, step) -> None:
+        self.starts.append((batch, step))
+
+    def on_train_batch_end(self, trainer, metrics, step) -> None:
+        self.ends.append((step, float(metrics["loss"])))
+
+    def on_log(self, trainer, metrics, step) -> None:
+        self.logs.append((step, dict(metrics)))
+
+    def on_epoch_end(self, trainer, epoch, metrics) -> None:
+        self.epochs.append(epoch)
+
+
+def make(steps_per_execution: int, iterations_per_epoch: int | None = None):
+    model = ActorCritic(4, 2, hidden=(16, 16), rngs=nnx.Rngs(3))
+    config = PPOConfig(
+        update_epochs=2, num_minibatches=2, log_every_n_steps=5, seed=1, steps_per_execution=steps_per_execution
+    )
+    trainer = PPOTrainer(model, optax.adam(3e-3), config)
+    source = GymnaxRolloutSource(
+        "CartPole-v1", trainer, num_envs=B, num_steps=T, seed=2, iterations_per_epoch=iterations_per_epoch
+    )
+    return trainer, source
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6) -> None:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_rollout_source_speaks_the_device_protocol():
+    trainer, source = make(1)
+    assert is_device_batch_source(source)
+    assert not is_device_batch_source([{"x": np.zeros(3)}])
+    # The same function object for the same graphdef: it is a static argument of the fused call.
+    assert source.device_batch_fn(trainer.graphdef) is source.device_batch_fn(trainer.graphdef)
+
+
+def test_fused_fit_equals_the_sequential_fit_with_one_compile():
+    # log every 5 with 3 per call: chunks of 3, 2 (log step), 3, 2 ... and 1 at max_steps=11,
+    # so full and partial chunks both run.
+    runs = {}
+    for k in (1, 3):
+        trainer, source = make(k)
+        record = Record()
+        trainer.fit(source, max_steps=11, max_epochs=None, callbacks=[record])
+        runs[k] = (trainer, source, record)
+
+    (seq, seq_source, seq_rec), (fused, fused_source, fused_rec) = runs[1], runs[3]
+    assert fused.global_step == seq.global_step == 11
+    assert fused_source.iterations == seq_source.iterations == 11
+    assert_trees_close(fused.train_state["params"], seq.train_state["params"])
+    assert_trees_close(fused.train_state["opt_state"], seq.train_state["opt_state"])
+    assert_trees_close(fused_source.source_state["carry"], seq_source.source_state["carry"])
+    np.testing.assert_array_equal(fused_source.source_state["key"], seq_source.source_state["key"])
+    # The model object follows the fused calls too.
+    assert_trees_close(nnx.to_pure_dict(nnx.state(fused.model, nnx.Param)), fused.train_state["params"])
+
+    assert [s for s, _ in fused_rec.logs] == [s for s, _ in seq_rec.logs] == [5, 10, 11]
+    for (_, got), (_, want) in zip(fused_rec.logs, seq_rec.logs, strict=True):
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert "episode_return" in fused_rec.logs[-1][1]
+
+    # Hooks: every step once, in order; the fused start hook has no batch yet.
+    assert [s for _, s in fused_rec.starts] == list(range(11))
+    assert all(batch is None for batch, _ in fused_rec.starts)
+    assert all(batch is not None for batch, _ in seq_rec.starts)
+    assert [s for s, _ in fused_rec.ends] == list(range(11))
+    np.testing.assert_allclose([x for _, x in fused_rec.ends], [x for _, x in seq_rec.ends], rtol=1e-4, atol=1e-6)
+
+    # Chunks of 3, 2 and 1 all ran through one compiled program: more chunks of
+    # every size trace nothing new.
+    assert fused.trace_count == 1
+    source_traces = fused_source.trace_count
+    fused.fit(fused_source, max_steps=20, max_epochs=None)
+    assert fused.global_step == 20
+    assert fused.trace_count == 1 and fused_source.trace_count == source_traces
+
+
+def test_fused_fit_respects_the_source_epoch_length():
+    seq, seq_source = make(1, iterations_per_epoch=4)
+    fused, fused_source = make(3, iterations_per_epoch=4)
+    recs = []
+    for trainer, source in ((seq, seq_source), (fused, fused_source)):
+        rec = Record()
+        trainer.fit(source, max_epochs=2, callbacks=[rec])
+        recs.append(rec)
+        assert trainer.global_step == 8 and trainer.current_epoch == 2
+        assert source.iterations == 8
+    assert recs[0].epochs == recs[1].epochs == [0, 1]
+    assert_trees_close(fused.train_state["params"], seq.train_state["params"])
