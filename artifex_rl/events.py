@@ -43,6 +43,15 @@ class Callback:
     #: Run after all callbacks without this flag (checkpointing, early stopping).
     runs_last: bool = False
 
+    #: ``True`` for a pure logger: its :meth:`on_log` may run after the next
+    #: step has been launched (same ``step`` and metrics; ``trainer.global_step``
+    #: and the parameters may be one call ahead). When every callback of a
+    #: ``fit`` says so, ``fit`` pulls each interval's metrics only once the next
+    #: step is queued, so the device never idles while the host logs. Leave it
+    #: ``False`` for callbacks that act on metrics (stopping, checkpoint
+    #: selection) or read the model when they log.
+    log_may_lag: bool = False
+
     @property
     def state_key(self) -> str:
         """Key under which this callback's state is stored in a checkpoint."""
@@ -69,7 +78,8 @@ class Callback:
     def on_log(self, trainer: Trainer, metrics: Mapping[str, float], step: int) -> None:
         """Called by ``fit`` every ``log_every_n_steps`` with interval-averaged host metrics.
 
-        ``step`` is the number of optimisation steps taken so far (``trainer.global_step``).
+        ``step`` is the number of optimisation steps the metrics cover
+        (``trainer.global_step`` at that point; see :attr:`log_may_lag`).
         All callbacks receive the same dict, in order, and it becomes
         ``trainer.callback_metrics``: a callback may add entries (throughput,
         derived values) for the loggers that run after it.

@@ -127,13 +127,6 @@ def _interval_mean(buffer: list[dict[str, Array]]) -> dict[str, Array]:
     }
 
 
-def _stack(*leaves: Any) -> Any:
-    """Stack K batches' leaves; on the host when they are numpy (one transfer later)."""
-    if all(isinstance(x, (np.ndarray, np.generic)) for x in leaves):
-        return np.stack(leaves)
-    return jnp.stack(leaves)
-
-
 class _StepView(Mapping):
     """Step ``i`` of fused ``(K,)`` metrics, sliced only when a callback reads it."""
 
@@ -242,6 +235,10 @@ class Trainer:
         self.trace_count = 0
         self.last_outputs: dict[str, Array] = {}
         self._metric_buffer: list[Metrics] = []
+        # A logging interval's device means and its step, pulled once the next
+        # step is queued (when every callback allows on_log to lag).
+        self._pending_log: tuple[dict[str, Array], int] | None = None
+        self._lag_logs = False
         self._step_fn = jax.jit(self._step, donate_argnums=(0,), static_argnums=(3,))
         self._fused_step_fn = jax.jit(self._fused_steps, donate_argnums=(0,), static_argnums=(3,))
         self._source_step_fn = jax.jit(self._source_steps, donate_argnums=(0, 2), static_argnums=(4, 5))
@@ -491,6 +488,7 @@ class Trainer:
         self.should_stop = False
         self.fitting = True
         self.max_steps, self.max_epochs = max_steps, max_epochs
+        self._lag_logs = all(cb.log_may_lag for cb in self.callbacks)
         try:
             self.callbacks.dispatch("on_train_begin", self)
             while not self._finished():
@@ -498,6 +496,10 @@ class Trainer:
             self._flush_metrics()
             self.callbacks.dispatch("on_train_end", self)
         except BaseException as exc:
+            try:  # a lagged interval that finished before the failure is still logged
+                self._emit_pending_log()
+            except Exception:  # noqa: BLE001 - its values may be what failed
+                self._pending_log = None
             self.callbacks.dispatch_exception(self, exc)
             raise
         finally:
@@ -538,9 +540,10 @@ class Trainer:
                 dispatch("on_train_batch_start", self, batch, step)
                 metrics = self.train_step(batch)
                 self.batches_seen_in_epoch += 1
+                self._emit_pending_log()  # the previous interval's, now that this step is queued
                 self._metric_buffer.append(metrics)
                 if self.global_step % log_every == 0:
-                    self._flush_metrics()
+                    self._flush_metrics(lag=self._lag_logs)
                 dispatch("on_train_batch_end", self, metrics, step)
                 if self._finished():
                     return  # mid-epoch stop: the epoch is not complete
@@ -551,6 +554,7 @@ class Trainer:
             )
         self.current_epoch += 1
         self.batches_seen_in_epoch = 0
+        self._emit_pending_log()
         dispatch("on_epoch_end", self, epoch, dict(self.callback_metrics))
 
     def _run_fused_steps(self, iterator) -> bool:
@@ -577,9 +581,10 @@ class Trainer:
                 dispatch("on_train_batch_start", self, batch, first + i)
             stacked = self.train_steps(chunk)
             self.batches_seen_in_epoch += len(chunk)
+            self._emit_pending_log()
             self._metric_buffer.append(stacked)
             if self.global_step % log_every == 0:
-                self._flush_metrics()
+                self._flush_metrics(lag=self._lag_logs)
             if self.callbacks.has_listeners("on_train_batch_end"):
                 for i in range(len(chunk)):
                     dispatch("on_train_batch_end", self, _StepView(stacked, i), first + i)
@@ -626,9 +631,10 @@ class Trainer:
             self.batches_seen_in_epoch += size
             self.last_outputs = {}
             self._sync_model()
+            self._emit_pending_log()
             self._metric_buffer.append(stacked)
             if self.global_step % log_every == 0:
-                self._flush_metrics()
+                self._flush_metrics(lag=self._lag_logs)
             if self.callbacks.has_listeners("on_train_batch_end"):
                 for i in range(size):
                     dispatch("on_train_batch_end", self, _StepView(stacked, i), first + i)
@@ -673,9 +679,17 @@ class Trainer:
                     f"train_steps needs equal static (Python scalar) batch entries; batch 0 has "
                     f"{dict(static)}, batch {i} has {dict(other)}"
                 )
-        stacked = jax.tree.map(_stack, *[arrays for arrays, _ in split])
+        arrays = [arrays for arrays, _ in split]
+        if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(arrays)):
+            # Host batches: stack on the host, then one transfer.
+            batches_in: Any = jax.tree.map(lambda *leaves: np.stack(leaves), *arrays)
+        else:
+            # Device batches: stacked inside the compiled call. Stacking
+            # outside costs one dispatch per batch and leaf (~5 us each on
+            # CPU), as much as a small model's step.
+            batches_in = tuple(arrays)
         self.train_state, metrics = self._fused_step_fn(
-            self.train_state, self._frozen_states, stacked, static
+            self.train_state, self._frozen_states, batches_in, static
         )
         self.global_step += len(batches)
         self.last_outputs = {}
@@ -683,21 +697,38 @@ class Trainer:
         return metrics
 
     def _fused_steps(self, state, frozen_states, batches, static):
+        if isinstance(batches, tuple):  # K batches of device arrays: stack them here
+            batches = jax.tree.map(lambda *leaves: jnp.stack(leaves), *batches)
+
         def one(state, batch):
             state, metrics, _ = self._step(state, frozen_states, batch, static)
             return state, metrics
 
         return jax.lax.scan(one, state, batches)
 
-    def _flush_metrics(self) -> None:
-        """Pull the buffered device metrics (one transfer), average, and call ``on_log``."""
-        if not self._metric_buffer:
+    def _flush_metrics(self, lag: bool = False) -> None:
+        """Average the buffered device metrics of the interval and log them with ``on_log``.
+
+        The mean is one compiled call on the device (fetching each step's
+        scalars separately cost ~5 us per scalar, more than a small model's
+        step). Reading it waits for the device; with ``lag`` that read (and
+        ``on_log``) happens in :meth:`_emit_pending_log` after the next step
+        has been queued, so the device has work while the host logs.
+        """
+        if self._metric_buffer:
+            buffer, self._metric_buffer = self._metric_buffer, []
+            means = _interval_mean(buffer)  # dispatched, not waited for
+            self._emit_pending_log()
+            self._pending_log = (means, self.global_step)
+        if not lag:
+            self._emit_pending_log()
+
+    def _emit_pending_log(self) -> None:
+        if self._pending_log is None:
             return
-        buffer, self._metric_buffer = self._metric_buffer, []
-        # One compiled call averages the interval on the device, then one
-        # small transfer: fetching each step's scalars separately cost
-        # ~5 us per scalar, more than a small model's step.
-        metrics = {k: float(v) for k, v in jax.device_get(_interval_mean(buffer)).items()}
+        means, step = self._pending_log
+        self._pending_log = None
+        metrics = {k: float(v) for k, v in jax.device_get(means).items()}
         for name, (total, count) in self.ratio_metrics.items():
             # mean(total) / mean(count) over the interval == sum(total) / sum(count).
             if metrics.get(count, 0.0) > 0 and total in metrics:
@@ -705,7 +736,7 @@ class Trainer:
         # One dict for all callbacks, in order: a callback may add entries
         # (e.g. throughput) that the loggers after it record.
         self.callback_metrics = metrics
-        self.callbacks.dispatch("on_log", self, metrics, self.global_step)
+        self.callbacks.dispatch("on_log", self, metrics, step)
 
     # ------------------------------------------------------------------ #
     # Model and optimizer views

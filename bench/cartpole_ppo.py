@@ -262,6 +262,8 @@ def run_ours(seed: int = 0, total_timesteps: int = 500_000, run_dir: str | None 
     from artifex_rl.rl import PPOConfig
 
     class Returns(Callback):
+        log_may_lag = True  # only records
+
         def __init__(self) -> None:
             self.curve: list[float] = []
 

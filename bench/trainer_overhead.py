@@ -9,7 +9,14 @@ sides train on the same pre-built device batches:
   (a) no callbacks, (b) ``ProgressBarCallback`` + ``MetricsLogger``,
   (c) (b) + ``ModelCheckpoint`` every ``--ckpt-every`` (100) steps (async save);
   and each of them again with ``steps_per_execution=10`` (ten batches per
-  compiled call, a ``lax.scan``), which removes the per-step Python cost.
+  compiled call, a ``lax.scan``), which pays the Python loop and the
+  runtime's per-call cost once per ten steps.
+
+On XLA:CPU a small program runs inline in the dispatching thread, so every
+microsecond of Python per step (hooks, model write-back, batch checks) adds
+to the step; only fusing steps removes it. In (a) and (b) every callback is a
+pure logger, so ``fit`` reads each interval's metrics after the next step is
+queued (``Callback.log_may_lag``); ``ModelCheckpoint`` in (c) turns that off.
 
 Each variant keeps one trainer (compiled once, warmed up); the variants run
 interleaved, ``--reps`` times each, and the median time per step is compared.

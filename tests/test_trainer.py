@@ -443,3 +443,56 @@ def test_train_steps_rejects_different_static_entries():
     a, b = regression_batches(2)
     with pytest.raises(ValueError, match="equal static"):
         trainer.train_steps([{**a, "flag": 1}, {**b, "flag": 2}])
+
+
+# ------------------------------------------------------- lagged logging
+
+
+class _LaggingLog(Callback):
+    """A pure logger (``log_may_lag``): records what on_log got and where the trainer was."""
+
+    log_may_lag = True
+
+    def __init__(self):
+        self.logged: list[tuple[int, float, int]] = []
+
+    def on_log(self, trainer, metrics, step):
+        self.logged.append((step, metrics["loss"], trainer.global_step))
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_pure_loggers_get_the_same_logs_one_call_later(steps_per_execution):
+    data = regression_batches(5)
+    runs = {}
+    for lag_ok in (True, False):
+        trainer = make_regression_trainer(seed=6, log_every_n_steps=3, steps_per_execution=steps_per_execution)
+        logger = _LaggingLog()
+        logger.log_may_lag = lag_ok
+        trainer.fit(data, max_steps=11, max_epochs=None, callbacks=[logger])
+        runs[lag_ok] = (trainer, logger.logged)
+    (lagged_trainer, lagged), (_, direct) = runs[True], runs[False]
+    # Same steps and values: 3, 6, 9 and the final partial interval at 11.
+    assert [s for s, _, _ in lagged] == [s for s, _, _ in direct] == [3, 6, 9, 11]
+    np.testing.assert_allclose([v for _, v, _ in lagged], [v for _, v, _ in direct], rtol=1e-6)
+    # Without lag on_log runs before the next step; with lag, after the next call was
+    # queued (the trainer is ahead), except for the final flush at the end of fit.
+    assert all(at == s for s, _, at in direct)
+    assert all(at > s for s, _, at in lagged[:-1]) and lagged[-1][2] == 11
+    assert lagged_trainer.callback_metrics["loss"] == pytest.approx(lagged[-1][1])
+
+
+def test_one_callback_that_acts_on_metrics_turns_the_lag_off():
+    trainer = make_regression_trainer(seed=6, log_every_n_steps=2)
+    logger, plain = _LaggingLog(), Recorder()  # Recorder keeps log_may_lag = False
+    trainer.fit(regression_batches(4), max_steps=6, max_epochs=None, callbacks=[logger, plain])
+    assert [(s, at) for s, _, at in logger.logged] == [(2, 2), (4, 4), (6, 6)]
+
+
+def test_a_lagged_interval_is_still_logged_when_the_next_step_fails():
+    good = regression_batches(2)
+    data = [*good, *good, {"x": [1.0, 2.0]}]
+    trainer = make_regression_trainer(seed=6, log_every_n_steps=2)
+    logger = _LaggingLog()
+    with pytest.raises(TypeError, match="must be an array"):
+        trainer.fit(data, max_epochs=1, callbacks=[logger])
+    assert [s for s, _, _ in logger.logged] == [2, 4]

@@ -80,6 +80,8 @@ class MetricsLogger(Callback):
       max_plots: most subplots when ``plot_keys`` is not given.
     """
 
+    log_may_lag = True  # on_log only records (metrics, step)
+
     def __init__(
         self,
         run_dir: str,

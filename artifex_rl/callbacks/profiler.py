@@ -128,6 +128,8 @@ class DeviceMemoryMonitor(Callback):
       prefix: prefix of the metric names.
     """
 
+    log_may_lag = True  # adds memory statistics to the logged metrics, nothing else
+
     def __init__(self, device: jax.Device | None = None, prefix: str = "memory/"):
         self.device = device
         self.prefix = prefix

@@ -71,6 +71,8 @@ class ProgressBarCallback(Callback):
       max_metrics: how many metrics the postfix shows at most.
     """
 
+    log_may_lag = True  # on_log only records (metrics, step)
+
     def __init__(
         self,
         refresh_every_n_steps: int | None = None,

@@ -19,6 +19,8 @@ class Throughput(Callback):
       name: metric name of the running total, e.g. ``"env_steps"``.
     """
 
+    log_may_lag = True  # on_log only records (metrics, step)
+
     def __init__(self, samples_per_step: int, name: str = "env_steps"):
         if samples_per_step <= 0:
             raise ValueError(f"samples_per_step must be > 0, got {samples_per_step}")

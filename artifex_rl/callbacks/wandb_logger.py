@@ -101,6 +101,8 @@ class WandbLoggerCallback(Callback):
     continues the same W&B run.
     """
 
+    log_may_lag = True  # on_log only records (metrics, step)
+
     def __init__(self, config: WandbLoggerConfig):
         if not isinstance(config, WandbLoggerConfig):
             raise TypeError(f"WandbLoggerCallback expects a WandbLoggerConfig, got {type(config).__name__}")

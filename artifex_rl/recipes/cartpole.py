@@ -62,6 +62,8 @@ class CompileTimer(Callback):
     ``steps_per_execution > 1`` the first call runs several iterations.
     """
 
+    log_may_lag = True  # never reads metrics
+
     def __init__(self) -> None:
         self.compile_seconds = 0.0
         self.steps_at_compile = 0
