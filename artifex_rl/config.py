@@ -40,7 +40,12 @@ class TrainerConfig:
         the parameters of the round before, exactly as with 1. Any other
         dataloader is read ``steps_per_execution`` batches ahead, so use it
         only when batches do not depend on the current parameters. Logging
-        and ``max_steps`` land on the same steps as with 1.
+        and ``max_steps`` land on the same steps as with 1. Per-batch hooks
+        of a chunk run after it, seeing the state at its end, so a
+        ``ModelCheckpoint(every_n_train_steps=N)`` saves at chunk ends that
+        are multiples of N: choose N as a multiple of this. On XLA:CPU, ten
+        steps per call made a small MLP's ``fit`` 0.86x the time of a
+        hand-written one-call-per-step loop (``bench/trainer_overhead.py``).
     """
 
     log_every_n_steps: int = 10
