@@ -22,6 +22,14 @@ The protocol, duck-typed (see :class:`artifex_rl.envs.GymnaxRolloutSource`):
     call and assigns the new one after.
 ``advance(n)``
     records that ``n`` batches were made on the device (counters only).
+``__len__``
+    the number of batches per epoch; raising ``TypeError`` means an endless
+    source (``fit`` then stops at ``max_steps``). A source without
+    ``__len__`` is not fused.
+
+``fit`` fuses a source only if its ``trainer`` attribute (when it has one)
+is the trainer being fitted: a source that acts with another trainer's
+policy is read like any dataloader.
 """
 
 from __future__ import annotations

@@ -70,7 +70,12 @@ class Callback:
         """Called at the end of each pass; ``metrics`` are the latest logged host values."""
 
     def on_train_batch_start(self, trainer: Trainer, batch: Mapping[str, Any], step: int) -> None:
-        """Called before ``train_step``; ``step`` is the global step about to run (0-based)."""
+        """Called before ``train_step``; ``step`` is the global step about to run (0-based).
+
+        ``batch`` is ``None`` when ``fit`` fuses a device source's batch-making
+        into the compiled step (``steps_per_execution > 1``): the batch does not
+        exist until the call has run.
+        """
 
     def on_train_batch_end(self, trainer: Trainer, metrics: Mapping[str, Any], step: int) -> None:
         """Called after ``train_step``; ``metrics`` are device scalars, ``step`` as above."""

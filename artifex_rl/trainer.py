@@ -173,7 +173,8 @@ class Trainer:
       global_step: number of ``train_step`` calls so far (a host int).
       current_epoch: number of completed passes over the dataloader.
       callback_metrics: the latest host metrics averaged over the last
-        logging interval (what ``on_log`` received).
+        logging interval (what ``on_log`` received; with lagged logging, see
+        ``Callback.log_may_lag``, it is updated just after the next step is queued).
       should_stop: set to ``True`` (e.g. by a callback) to end ``fit`` after
         the current step.
       trace_count: how many times the step has been traced (compiled).
@@ -241,7 +242,8 @@ class Trainer:
         self._lag_logs = False
         self._step_fn = jax.jit(self._step, donate_argnums=(0,), static_argnums=(3,))
         self._fused_step_fn = jax.jit(self._fused_steps, donate_argnums=(0,), static_argnums=(3,))
-        self._source_step_fn = jax.jit(self._source_steps, donate_argnums=(0, 2), static_argnums=(4, 5))
+        # The source state is not donated: a source's state_dict() hands out those arrays.
+        self._source_step_fn = jax.jit(self._source_steps, donate_argnums=(0,), static_argnums=(4, 5))
 
     # ------------------------------------------------------------------ #
     # The algorithm's extension points
@@ -525,7 +527,7 @@ class Trainer:
             for _ in range(self.batches_seen_in_epoch):
                 next(iterator, None)
         yielded = self.batches_seen_in_epoch > 0
-        if self.config.steps_per_execution > 1 and is_device_batch_source(dataloader):
+        if self.config.steps_per_execution > 1 and self._can_fuse_source(dataloader):
             yielded = self._run_device_source_steps(dataloader) or yielded
             if self._finished():
                 return
@@ -590,6 +592,15 @@ class Trainer:
                     dispatch("on_train_batch_end", self, _StepView(stacked, i), first + i)
         return yielded
 
+    def _can_fuse_source(self, source: Any) -> bool:
+        """A device source made for this trainer (a source collecting with another
+        trainer's policy is read like any dataloader) that knows its epoch length."""
+        return (
+            is_device_batch_source(source)
+            and getattr(source, "trainer", self) is self
+            and hasattr(source, "__len__")
+        )
+
     def _run_device_source_steps(self, source: DeviceBatchSource) -> bool:
         """The epoch for a source that makes its batches on the device (a rollout source).
 
@@ -650,15 +661,24 @@ class Trainer:
 
         # A chunk shorter than k (at max_steps or an epoch end) runs this same
         # program and skips its last rounds, so it compiles once for any chunk
-        # size. The skipped rounds need the metrics' structure, hence one
-        # abstract evaluation (not counted as a trace of the step).
-        traces = self.trace_count
-        metrics_shape = jax.eval_shape(round_, (state, source_state))[1]
-        self.trace_count = traces
-        skipped = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), metrics_shape)
+        # size. A skipped round returns zeros shaped like a real round's
+        # metrics: lax.cond traces the real branch first and it records them.
+        metrics_shape: list[Any] = []
+
+        def real(carry):
+            out = round_(carry)
+            metrics_shape.append(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), out[1]))
+            return out
+
+        def skip(carry):
+            if not metrics_shape:  # only if lax.cond ever traces the other branch first
+                traces = self.trace_count
+                metrics_shape.append(jax.eval_shape(round_, carry)[1])
+                self.trace_count = traces
+            return carry, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), metrics_shape[-1])
 
         def one(carry, index):
-            return jax.lax.cond(index < n_active, round_, lambda c: (c, skipped), carry)
+            return jax.lax.cond(index < n_active, real, skip, carry)
 
         (state, source_state), metrics = jax.lax.scan(one, (state, source_state), jnp.arange(k))
         return state, source_state, metrics
@@ -793,6 +813,9 @@ class Trainer:
     # ------------------------------------------------------------------ #
     def checkpoint_metadata(self) -> dict[str, Any]:
         """JSON metadata saved beside ``train_state``: counters, config, callback states."""
+        # A finished interval whose (lagged) log is still pending is logged now,
+        # so the checkpoint's callback states and callback_metrics include it.
+        self._emit_pending_log()
         return {
             "global_step": self.global_step,
             "current_epoch": self.current_epoch,

@@ -102,13 +102,14 @@ def test_fused_fit_equals_the_sequential_fit_with_one_compile():
     assert [s for s, _ in fused_rec.ends] == list(range(11))
     np.testing.assert_allclose([x for _, x in fused_rec.ends], [x for _, x in seq_rec.ends], rtol=1e-4, atol=1e-6)
 
-    # Chunks of 3, 2 and 1 all ran through one compiled program: more chunks of
-    # every size trace nothing new.
+    # Chunks of 3, 2 and 1 all ran through one compiled program, traced once; more
+    # chunks of every size trace nothing new. (The source's counter is shared with
+    # the sequential run's source: equal settings share compiled code.)
     assert fused.trace_count == 1
-    source_traces = fused_source.trace_count
+    traces_before = fused_source.trace_count
     fused.fit(fused_source, max_steps=20, max_epochs=None)
     assert fused.global_step == 20
-    assert fused.trace_count == 1 and fused_source.trace_count == source_traces
+    assert fused.trace_count == 1 and fused_source.trace_count == traces_before
 
 
 def test_fused_fit_respects_the_source_epoch_length():
@@ -123,3 +124,24 @@ def test_fused_fit_respects_the_source_epoch_length():
         assert source.iterations == 8
     assert recs[0].epochs == recs[1].epochs == [0, 1]
     assert_trees_close(fused.train_state["params"], seq.train_state["params"])
+
+
+def test_state_dict_taken_before_a_fused_fit_stays_readable():
+    trainer, source = make(3)
+    before = source.state_dict()  # live device arrays, as a checkpoint would read them
+    trainer.fit(source, max_steps=4, max_epochs=None)
+    leaves = [np.asarray(x) for x in jax.tree.leaves(before)]  # raises if they were donated
+    assert all(np.isfinite(x).all() for x in leaves if x.dtype.kind == "f")
+    assert not np.array_equal(np.asarray(before["carry"]["obs"]), np.asarray(source.source_state["carry"]["obs"]))
+
+
+def test_a_source_of_another_trainer_is_read_like_any_dataloader():
+    # The source acts with trainer A's (fixed) policy; B learns from those batches.
+    results = []
+    for k in (1, 3):
+        acting, source = make(1)
+        learner, _ = make(k)
+        learner.fit(source, max_steps=5, max_epochs=None)
+        assert source.iterations == 5
+        results.append(learner.train_state["params"])
+    assert_trees_close(results[0], results[1])

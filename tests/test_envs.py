@@ -296,3 +296,20 @@ def test_bad_inputs_fail_before_compiling():
         GymnaxRolloutSource("CartPole-v1", trainer, num_envs=2, num_steps=4, policy="tokens")
     with pytest.raises(TypeError, match="needs a trainer exposing `graphdef`"):
         GymnaxRolloutSource("CartPole-v1", object(), num_envs=2, num_steps=4)
+
+
+class _FixedBatchCritic(nnx.Module):
+    """An actor-critic that only works for exactly B observations (its value is cut to B)."""
+
+    def __init__(self):
+        self.inner = ActorCritic(4, 2, hidden=HIDDEN, rngs=nnx.Rngs(0))
+
+    def __call__(self, obs):
+        logits, value = self.inner(obs)
+        return logits, value[:B]
+
+
+def test_a_model_that_cannot_score_all_final_observations_is_rejected_before_compiling():
+    trainer = StandInTrainer(_FixedBatchCritic())
+    with pytest.raises(ValueError, match=rf"value output on \({B * T}, 4\) observations has shape \({B},\)"):
+        cartpole_source(trainer)

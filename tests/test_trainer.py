@@ -496,3 +496,22 @@ def test_a_lagged_interval_is_still_logged_when_the_next_step_fails():
     with pytest.raises(TypeError, match="must be an array"):
         trainer.fit(data, max_epochs=1, callbacks=[logger])
     assert [s for s, _, _ in logger.logged] == [2, 4]
+
+
+def test_checkpoint_metadata_logs_a_pending_interval_first():
+    class SaverLogger(_LaggingLog):
+        def __init__(self):
+            super().__init__()
+            self.saved: list[dict] = []
+
+        def on_train_batch_end(self, trainer, metrics, step):
+            if step == 1:  # right after the logging step 2: its log is still pending
+                self.saved.append(trainer.checkpoint_metadata())
+
+    trainer = make_regression_trainer(seed=6, log_every_n_steps=2)
+    cb = SaverLogger()
+    trainer.fit(regression_batches(4), max_steps=4, max_epochs=None, callbacks=[cb])
+    assert [s for s, _, _ in cb.logged] == [2, 4]
+    (meta,) = cb.saved
+    assert meta["callback_metrics"]["loss"] == pytest.approx(cb.logged[0][1])
+    assert meta["pending_metrics"] == []

@@ -5,7 +5,8 @@ metrics, no extra device sync). In a hand-written loop (the user calls
 ``on_train_begin``, ``on_train_batch_end(trainer, metrics, step)`` and
 ``on_train_end`` by hand) it logs from ``on_train_batch_end`` every
 ``log_every_n_steps`` steps, pulling that step's device metrics to the host
-only then. Either way the W&B step is ``trainer.global_step``.
+only then. Either way the W&B step is the trainer's global step that the
+metrics belong to (``on_log``'s ``step``), never a second counter.
 
 A failing W&B (no network, bad credentials, ``wandb.init`` raising) logs one
 warning and turns the callback into a no-op; training continues.

@@ -336,7 +336,15 @@ class GymnaxRolloutSource:
     Each ``next()`` runs one compiled :func:`make_collect` call with the
     parameters found in ``trainer.train_state`` at that moment, so batches are
     on-policy for a trainer that updates between pulls. Environment carry and
-    PRNG key stay on the device between calls (no host sync).
+    PRNG key stay on the device between calls (no host sync). When
+    ``trainer`` fits it with ``steps_per_execution > 1``, the same collection
+    runs inside the trainer's compiled call instead, fused with the update
+    (:mod:`artifex_rl.device_source`).
+
+    Actor-critic models are also called once per batch on all ``T * B``
+    final observations (for the bootstrap values of truncated steps), so
+    they must accept any leading batch size; those observations are kept
+    until then, which doubles the rollout's observation memory.
 
     Args:
       env_name: a gymnax id, e.g. ``"CartPole-v1"``.
@@ -479,6 +487,24 @@ class GymnaxRolloutSource:
                     f"{self.env_name} has a continuous action space {spec.describe()}, so the "
                     f"model must output (mean, log_std) with mean of shape ({B}, {spec.dim}) "
                     f"for observations {obs.shape}; got {_describe(policy_output)}"
+                )
+        if actor_critic:
+            # The bootstrap values come from one call on all T * B final observations.
+            flat = jax.ShapeDtypeStruct((self.num_steps * B, *obs.shape[1:]), obs.dtype)
+            try:
+                flat_value = _split_output(
+                    jax.eval_shape(lambda p, s, o: nnx.merge(graphdef, p, s)(o), params, model_state, flat),
+                    True,
+                )[1]
+            except Exception as e:  # noqa: BLE001 - re-raised with the shapes that matter
+                raise ValueError(
+                    f"the model could not be applied to the {flat.shape} (num_steps * num_envs, *obs) "
+                    f"final observations used for bootstrap values: {type(e).__name__}: {e}"
+                ) from e
+            if tuple(flat_value.shape) != (flat.shape[0],):
+                raise ValueError(
+                    f"the model's value output on {flat.shape} observations has shape "
+                    f"{tuple(flat_value.shape)}; expected ({flat.shape[0]},)"
                 )
         return _ModelInfo(actor_critic=bool(actor_critic), output=output)
 
