@@ -4,6 +4,9 @@
 trains the tiny regression model with a ModelCheckpoint + EarlyStopping +
 MetricsLogger and writes the final state and callback states to ``F`` (npz).
 
+``run-ppo`` (same options) does the same for PPO on CartPole fed by a gymnax
+rollout source fused into the compiled step (``steps_per_execution=2``).
+
 ``python -m tests._resume_script crash-writer --ckpt-dir D`` trains and
 checkpoints every 2 steps until it is killed.
 
@@ -80,6 +83,36 @@ def run(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
     }
 
 
+def run_ppo(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
+    """PPO on CartPole from a gymnax rollout source, 2 iterations per compiled call (fused
+    collect + update), checkpointed every 4 steps; the outcome includes the source's state."""
+    import optax
+
+    from artifex_rl.envs import GymnaxRolloutSource
+    from artifex_rl.models import ActorCritic
+    from artifex_rl.rl import PPOConfig, PPOTrainer
+
+    model = ActorCritic(4, 2, hidden=(16, 16), rngs=nnx.Rngs(0))
+    config = PPOConfig(update_epochs=2, num_minibatches=2, log_every_n_steps=2, steps_per_execution=2)
+    trainer = PPOTrainer(model, optax.adam(1e-3), config)
+    source = GymnaxRolloutSource("CartPole-v1", trainer, num_envs=4, num_steps=16, seed=1)
+    logger = MetricsLogger(run_dir, plot=False, parameter_overview=False, write_csv=False)
+    checkpoint = ModelCheckpoint(
+        CheckpointConfig(ckpt_dir, monitor="episode_return", mode="max", save_top_k=1,
+                         every_n_train_steps=4, async_save=True)
+    )
+    trainer.fit(source, max_steps=max_steps, max_epochs=None, callbacks=[logger, checkpoint],
+                ckpt_path="last" if resume else None)
+    state = {**flat_state(trainer.train_state), **{f"source/{k}": v for k, v in flat_state(source.state_dict()).items()}}
+    return {
+        "state": state,
+        "global_step": trainer.global_step,
+        "current_epoch": trainer.current_epoch,
+        "checkpoint": checkpoint.state_dict(),
+        "rows": logger.rows(),
+    }
+
+
 def save_outcome(outcome: dict, path: str) -> None:
     meta = {k: v for k, v in outcome.items() if k != "state"}
     np.savez(path, __meta__=json.dumps(meta), **outcome["state"])
@@ -114,7 +147,7 @@ def load_model_main(ckpt: str, out: str, exit_save: str | None) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["run", "crash-writer", "load-model"])
+    parser.add_argument("command", choices=["run", "run-ppo", "crash-writer", "load-model"])
     parser.add_argument("--ckpt-dir")
     parser.add_argument("--run-dir")
     parser.add_argument("--ckpt")
@@ -123,8 +156,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out")
     parser.add_argument("--exit-save")
     args = parser.parse_args(argv)
-    if args.command == "run":
-        save_outcome(run(args.ckpt_dir, args.run_dir, args.max_steps, args.resume), args.out)
+    if args.command in ("run", "run-ppo"):
+        fn = run if args.command == "run" else run_ppo
+        save_outcome(fn(args.ckpt_dir, args.run_dir, args.max_steps, args.resume), args.out)
     elif args.command == "crash-writer":
         crash_writer(args.ckpt_dir)
     else:

@@ -86,6 +86,26 @@ def test_exact_resume_in_a_new_process(tmp_path):
     assert sorted(os.listdir(tmp_path / "ckpt_b")) == sorted(os.listdir(tmp_path / "ckpt_a"))
 
 
+def test_exact_resume_of_ppo_on_a_fused_rollout_source_in_a_new_process(tmp_path):
+    """PPO + gymnax rollouts, collect and update fused two per call: 8 iterations straight
+    == 4 + checkpoint + new process + resume + 4, bit for bit (the environments' state too)."""
+    n = 8
+    straight = script.run_ppo(str(tmp_path / "ckpt_a"), str(tmp_path / "run_a"), n, resume=False)
+    script.run_ppo(str(tmp_path / "ckpt_b"), str(tmp_path / "run_b"), n // 2, resume=False)
+    out = tmp_path / "resumed.npz"
+    _run_python(
+        "run-ppo", "--ckpt-dir", str(tmp_path / "ckpt_b"), "--run-dir", str(tmp_path / "run_b"),
+        "--max-steps", str(n), "--resume", "--out", str(out),
+    )  # fmt: skip
+    resumed = script.load_outcome(str(out))
+    assert any(k.startswith("source/carry") for k in straight["state"])
+    _assert_trees_equal(straight["state"], resumed["state"])
+    assert resumed["global_step"] == straight["global_step"] == n
+    assert [r["step"] for r in straight["rows"]] == [2, 4, 6, 8]
+    assert resumed["rows"] == straight["rows"]
+    assert resumed["checkpoint"] == straight["checkpoint"]
+
+
 def test_load_model_in_a_new_process_and_exit_finishes_an_async_save(tmp_path):
     trainer = make_regression_trainer()
     trainer.fit(regression_batches(4), max_steps=3)

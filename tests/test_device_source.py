@@ -145,3 +145,16 @@ def test_a_source_of_another_trainer_is_read_like_any_dataloader():
         assert source.iterations == 5
         results.append(learner.train_state["params"])
     assert_trees_close(results[0], results[1])
+
+
+def test_an_epoch_cut_short_continues_with_its_remaining_batches():
+    # max_steps stops mid-epoch; the next fit finishes that epoch, fused or not.
+    states = []
+    for k in (1, 3):
+        trainer, source = make(k, iterations_per_epoch=4)
+        trainer.fit(source, max_steps=2, max_epochs=None)
+        assert trainer.batches_seen_in_epoch == 2
+        trainer.fit(source, max_epochs=1)
+        assert trainer.global_step == 4 and trainer.current_epoch == 1 and source.iterations == 4
+        states.append(trainer.train_state["params"])
+    assert_trees_close(states[0], states[1])

@@ -566,7 +566,11 @@ class GymnaxRolloutSource:
     def __iter__(self) -> Iterator[Batch]:
         if self.iterations_per_epoch is None:
             return self
-        return (self.next_batch() for _ in range(self.iterations_per_epoch))
+        # Epochs are whole multiples of iterations_per_epoch of this source's own
+        # counter, so an epoch cut short (max_steps, a checkpoint resume, which
+        # restores the counter) continues with only its remaining batches.
+        remaining = self.iterations_per_epoch - self.iterations % self.iterations_per_epoch
+        return (self.next_batch() for _ in range(remaining))
 
     def __next__(self) -> Batch:
         return self.next_batch()
