@@ -57,19 +57,24 @@ def _assert_trees_equal(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def _straight_and_resumed(tmp_path, command: str, n: int) -> tuple[dict, dict]:
+    """``n`` steps straight (here), and ``n/2`` steps here + ``resume("last")`` to ``n`` in a new process."""
+    run = script.run if command == "run" else script.run_ppo
+    straight = run(str(tmp_path / "ckpt_a"), str(tmp_path / "run_a"), n, resume=False)
+    half = run(str(tmp_path / "ckpt_b"), str(tmp_path / "run_b"), n // 2, resume=False)
+    assert half["global_step"] == n // 2
+    out = tmp_path / "resumed.npz"
+    _run_python(
+        command, "--ckpt-dir", str(tmp_path / "ckpt_b"), "--run-dir", str(tmp_path / "run_b"),
+        "--max-steps", str(n), "--resume", "--out", str(out),
+    )  # fmt: skip
+    return straight, script.load_outcome(str(out))
+
+
 def test_exact_resume_in_a_new_process(tmp_path):
     """N steps straight == N/2 steps + checkpoint + new process + resume("last") + N/2 steps, bit for bit."""
     n = 40
-    straight = script.run(str(tmp_path / "ckpt_a"), str(tmp_path / "run_a"), n, resume=False)
-    half = script.run(str(tmp_path / "ckpt_b"), str(tmp_path / "run_b"), n // 2, resume=False)
-    assert half["global_step"] == n // 2
-
-    out = tmp_path / "resumed.npz"
-    _run_python(
-        "run", "--ckpt-dir", str(tmp_path / "ckpt_b"), "--run-dir", str(tmp_path / "run_b"),
-        "--max-steps", str(n), "--resume", "--out", str(out),
-    )  # fmt: skip
-    resumed = script.load_outcome(str(out))
+    straight, resumed = _straight_and_resumed(tmp_path, "run", n)
 
     # params, model state, optimizer state (Adam moments + count), rng and step counter
     assert {k.split("/")[0] for k in straight["state"]} == {"params", "opt_state", "rng", "step"}
@@ -90,14 +95,7 @@ def test_exact_resume_of_ppo_on_a_fused_rollout_source_in_a_new_process(tmp_path
     """PPO + gymnax rollouts, collect and update fused two per call: 8 iterations straight
     == 4 + checkpoint + new process + resume + 4, bit for bit (the environments' state too)."""
     n = 8
-    straight = script.run_ppo(str(tmp_path / "ckpt_a"), str(tmp_path / "run_a"), n, resume=False)
-    script.run_ppo(str(tmp_path / "ckpt_b"), str(tmp_path / "run_b"), n // 2, resume=False)
-    out = tmp_path / "resumed.npz"
-    _run_python(
-        "run-ppo", "--ckpt-dir", str(tmp_path / "ckpt_b"), "--run-dir", str(tmp_path / "run_b"),
-        "--max-steps", str(n), "--resume", "--out", str(out),
-    )  # fmt: skip
-    resumed = script.load_outcome(str(out))
+    straight, resumed = _straight_and_resumed(tmp_path, "run-ppo", n)
     assert any(k.startswith("source/carry") for k in straight["state"])
     _assert_trees_equal(straight["state"], resumed["state"])
     assert resumed["global_step"] == straight["global_step"] == n
