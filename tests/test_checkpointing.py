@@ -375,3 +375,10 @@ def test_killed_writer_leaves_earlier_checkpoints_intact_and_resume_works(tmp_pa
     assert trainer.global_step == last_step + 4
     assert not any("orbax-checkpoint-tmp" in n for n in os.listdir(ckpt_dir))
     assert is_complete_checkpoint(ckpt_dir / f"step_{last_step + 4:08d}")
+
+
+def test_a_checkpoint_interval_that_fused_chunks_cannot_hit_is_warned_about(tmp_path):
+    trainer = make_regression_trainer(log_every_n_steps=4, steps_per_execution=4)
+    checkpoint = ModelCheckpoint(CheckpointConfig(str(tmp_path), every_n_train_steps=6))
+    with pytest.warns(UserWarning, match=r"every_n_train_steps=6\) with steps_per_execution=4"):
+        trainer.fit(regression_batches(4), max_steps=8, max_epochs=None, callbacks=[checkpoint])

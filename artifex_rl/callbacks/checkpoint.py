@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +178,15 @@ class ModelCheckpoint(Callback):
     # Hooks
     # ------------------------------------------------------------------ #
     def on_train_begin(self, trainer: Trainer) -> None:
+        every, per_call = self.config.every_n_train_steps, trainer.config.steps_per_execution
+        if every and per_call > 1 and every % per_call:
+            # Fused steps run their hooks at the chunk's end: only chunk ends are savable.
+            warnings.warn(
+                f"ModelCheckpoint(every_n_train_steps={every}) with steps_per_execution={per_call}: "
+                f"checkpoints are written only where a chunk of {per_call} steps ends on a multiple "
+                f"of {every}; use a multiple of {per_call}",
+                stacklevel=2,
+            )
         os.makedirs(self.dirpath, exist_ok=True)
         # Leftovers of a writer killed mid-save; never read, safe to drop.
         for tmp in glob.glob(os.path.join(self.dirpath, "step_*.orbax-checkpoint-tmp*")):
