@@ -15,8 +15,8 @@ from flax import nnx
 from artifex_rl.device_source import is_device_batch_source
 from artifex_rl.envs import GymnaxRolloutSource
 from artifex_rl.events import Callback
-from artifex_rl.models import ActorCritic
-from artifex_rl.rl import PPOConfig, PPOTrainer
+from artifex_rl.models import ActorCritic, MLPPolicy
+from artifex_rl.rl import PPOConfig, PPOTrainer, REINFORCEConfig, REINFORCETrainer
 
 B, T = 4, 16
 
@@ -158,3 +158,17 @@ def test_an_epoch_cut_short_continues_with_its_remaining_batches():
         assert trainer.global_step == 4 and trainer.current_epoch == 1 and source.iterations == 4
         states.append(trainer.train_state["params"])
     assert_trees_close(states[0], states[1])
+
+
+def test_fused_reinforce_with_a_policy_only_model_equals_the_sequential_run():
+    params = []
+    for k in (1, 4):
+        model = MLPPolicy(4, 2, hidden=(16, 16), rngs=nnx.Rngs(5))
+        config = REINFORCEConfig(gamma=0.99, log_every_n_steps=4, seed=3, steps_per_execution=k)
+        trainer = REINFORCETrainer(model, optax.adam(3e-3), config)
+        source = GymnaxRolloutSource("CartPole-v1", trainer, num_envs=B, num_steps=T, seed=4)
+        assert not source.actor_critic
+        trainer.fit(source, max_steps=6, max_epochs=None)
+        assert trainer.global_step == 6 and source.iterations == 6
+        params.append(trainer.train_state["params"])
+    assert_trees_close(params[0], params[1])
