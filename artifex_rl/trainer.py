@@ -568,29 +568,38 @@ class Trainer:
         call, ``on_train_batch_end`` after it. Returns whether any batch came.
         """
         dispatch = self.callbacks.dispatch
-        log_every = self.config.log_every_n_steps
         yielded = False
         while not self._finished():
-            size = min(self.config.steps_per_execution, log_every - self.global_step % log_every)
-            if self.max_steps is not None:
-                size = min(size, self.max_steps - self.global_step)
-            chunk = list(itertools.islice(iterator, size))
+            chunk = list(itertools.islice(iterator, self._chunk_size()))
             if not chunk:
                 break
             yielded = True
             first = self.global_step
             for i, batch in enumerate(chunk):
                 dispatch("on_train_batch_start", self, batch, first + i)
-            stacked = self.train_steps(chunk)
-            self.batches_seen_in_epoch += len(chunk)
-            self._emit_pending_log()
-            self._metric_buffer.append(stacked)
-            if self.global_step % log_every == 0:
-                self._flush_metrics(lag=self._lag_logs)
-            if self.callbacks.has_listeners("on_train_batch_end"):
-                for i in range(len(chunk)):
-                    dispatch("on_train_batch_end", self, _StepView(stacked, i), first + i)
+            self._finish_chunk(self.train_steps(chunk), first, len(chunk))
         return yielded
+
+    def _chunk_size(self, epoch_length: int | None = None) -> int:
+        """Steps in the next fused call: it ends at a logging step, ``max_steps`` and the epoch's end."""
+        log_every = self.config.log_every_n_steps
+        size = min(self.config.steps_per_execution, log_every - self.global_step % log_every)
+        if self.max_steps is not None:
+            size = min(size, self.max_steps - self.global_step)
+        if epoch_length is not None:
+            size = min(size, epoch_length - self.batches_seen_in_epoch)
+        return size
+
+    def _finish_chunk(self, stacked: Metrics, first: int, size: int) -> None:
+        """After a fused call of ``size`` steps from ``first``: buffer, log, per-step end hooks."""
+        self.batches_seen_in_epoch += size
+        self._emit_pending_log()  # the previous interval's, now that this call is queued
+        self._metric_buffer.append(stacked)
+        if self.global_step % self.config.log_every_n_steps == 0:
+            self._flush_metrics(lag=self._lag_logs)
+        if self.callbacks.has_listeners("on_train_batch_end"):
+            for i in range(size):
+                self.callbacks.dispatch("on_train_batch_end", self, _StepView(stacked, i), first + i)
 
     def _can_fuse_source(self, source: Any) -> bool:
         """A device source made for this trainer (a source collecting with another
@@ -613,7 +622,7 @@ class Trainer:
         until the call has run. Returns whether any batch came.
         """
         dispatch = self.callbacks.dispatch
-        log_every, k = self.config.log_every_n_steps, self.config.steps_per_execution
+        k = self.config.steps_per_execution
         try:
             epoch_length: int | None = len(source)  # type: ignore[arg-type]
         except TypeError:
@@ -621,11 +630,7 @@ class Trainer:
         batch_fn = source.device_batch_fn(self.graphdef)
         yielded = False
         while not self._finished():
-            size = min(k, log_every - self.global_step % log_every)
-            if self.max_steps is not None:
-                size = min(size, self.max_steps - self.global_step)
-            if epoch_length is not None:
-                size = min(size, epoch_length - self.batches_seen_in_epoch)
+            size = self._chunk_size(epoch_length)
             if size <= 0:
                 break
             yielded = True
@@ -639,16 +644,9 @@ class Trainer:
                 stacked = jax.tree.map(lambda x, n=size: x[:n], stacked)
             source.advance(size)
             self.global_step += size
-            self.batches_seen_in_epoch += size
             self.last_outputs = {}
             self._sync_model()
-            self._emit_pending_log()
-            self._metric_buffer.append(stacked)
-            if self.global_step % log_every == 0:
-                self._flush_metrics(lag=self._lag_logs)
-            if self.callbacks.has_listeners("on_train_batch_end"):
-                for i in range(size):
-                    dispatch("on_train_batch_end", self, _StepView(stacked, i), first + i)
+            self._finish_chunk(stacked, first, size)
         return yielded
 
     def _source_steps(self, state, frozen_states, source_state, n_active, batch_fn, k):
