@@ -5,10 +5,19 @@ Lightning callbacks reads the same here::
 
     on_train_begin
       on_epoch_begin
-        on_train_batch_start -> train_step -> on_train_batch_end   (each batch)
-        on_log                                  (every log_every_n_steps)
+        on_train_batch_start -> train_step -> [on_log] -> on_train_batch_end   (each batch)
+          (on_log at every log_every_n_steps-th step, before that step's batch end)
       on_epoch_end
     on_train_end            (or on_exception, then the error is re-raised)
+
+Checkpoints call ``on_save_checkpoint(trainer, checkpoint)`` on every
+callback while they are assembled and ``on_load_checkpoint`` on restore.
+
+In a hand-written loop (the seeds' ``for batch in loader: trainer.train_step
+...; cb.on_train_batch_end(trainer, metrics, step)``) the trainer closes a
+logging interval every ``log_every_n_steps`` steps itself, and the default
+:meth:`Callback.on_train_batch_end` hands its means to :meth:`Callback.on_log`,
+so a logger written for ``fit`` works unchanged in such a loop.
 
 Callbacks run in list order, except that callbacks with ``runs_last = True``
 (checkpointing, early stopping) run after all the others: a checkpoint then
@@ -78,7 +87,18 @@ class Callback:
         """
 
     def on_train_batch_end(self, trainer: Trainer, metrics: Mapping[str, Any], step: int) -> None:
-        """Called after ``train_step``; ``metrics`` are device scalars, ``step`` as above."""
+        """Called after ``train_step``; ``metrics`` are device scalars, ``step`` as above.
+
+        ``fit`` calls it only on callbacks that override it. Called by hand in a
+        hand-written loop, this default forwards the interval means the trainer
+        logged at this step (every ``log_every_n_steps``) to :meth:`on_log`;
+        an override that wants that too calls ``super().on_train_batch_end(...)``.
+        """
+        if not trainer.fitting:
+            logged = trainer.logged_metrics_at(trainer.global_step)
+            if logged is not None:
+                self.on_log(trainer, logged, trainer.global_step)
+
 
     def on_log(self, trainer: Trainer, metrics: Mapping[str, float], step: int) -> None:
         """Called by ``fit`` every ``log_every_n_steps`` with interval-averaged host metrics.
@@ -92,6 +112,12 @@ class Callback:
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         """Called when the loop raises; the exception is re-raised afterwards."""
+
+    def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+        """Called while a checkpoint's metadata is assembled; may add JSON entries to ``checkpoint``."""
+
+    def on_load_checkpoint(self, trainer: Trainer, checkpoint: Mapping[str, Any]) -> None:
+        """Called after a checkpoint was restored, with its metadata."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to save with checkpoints (JSON-serialisable)."""

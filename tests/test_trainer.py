@@ -146,7 +146,7 @@ def test_train_step_matches_a_hand_written_optax_step():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
         params,
-        trainer.train_state["params"],
+        trainer.train_state["params"]["model"],
     )
 
 
@@ -273,7 +273,7 @@ def test_update_schedule_and_continue_updates():
     multi = build(Multi)
     multi.train_step(batch)
     stopped = build(Multi, stop=True)
-    stopped.train_step(batch)
+    stopped_metrics = stopped.train_step(batch)
     one = build(RegressionTrainer)
     one.train_step(batch)
 
@@ -281,7 +281,10 @@ def test_update_schedule_and_continue_updates():
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
 
     close(multi.train_state["params"], single.train_state["params"])
-    close(stopped.train_state["params"], one.train_state["params"])
+    # The update whose metrics trip the stop rule is not applied (Spinning Up's early stop).
+    fresh = build(RegressionTrainer)
+    close(stopped.train_state["params"], fresh.train_state["params"])
+    assert float(stopped_metrics["num_updates"]) == 0.0
 
 
 def test_static_batch_entries_are_compile_time_constants():
@@ -498,7 +501,9 @@ def test_a_lagged_interval_is_still_logged_when_the_next_step_fails():
     assert [s for s, _, _ in logger.logged] == [2, 4]
 
 
-def test_checkpoint_metadata_logs_a_pending_interval_first():
+def test_checkpoint_metadata_keeps_a_pending_interval_without_dispatching_events():
+    from artifex_rl.checkpoint import dump_checkpoint
+
     class SaverLogger(_LaggingLog):
         def __init__(self):
             super().__init__()
@@ -506,12 +511,17 @@ def test_checkpoint_metadata_logs_a_pending_interval_first():
 
         def on_train_batch_end(self, trainer, metrics, step):
             if step == 1:  # right after the logging step 2: its log is still pending
-                self.saved.append(trainer.checkpoint_metadata())
+                before = len(self.logged)
+                self.saved.append(dump_checkpoint(trainer).metadata)
+                assert len(self.logged) == before, "assembling a checkpoint dispatched on_log"
 
     trainer = make_regression_trainer(seed=6, log_every_n_steps=2)
     cb = SaverLogger()
     trainer.fit(regression_batches(4), max_steps=4, max_epochs=None, callbacks=[cb])
     assert [s for s, _, _ in cb.logged] == [2, 4]
     (meta,) = cb.saved
-    assert meta["callback_metrics"]["loss"] == pytest.approx(cb.logged[0][1])
-    assert meta["pending_metrics"] == []
+    closed = meta["metrics"]["closed"]
+    assert closed["step"] == 2
+    total, count = closed["sums"]["loss"]
+    assert count == 2 and total / count == pytest.approx(cb.logged[0][1])
+    assert meta["metrics"]["open"] == {}

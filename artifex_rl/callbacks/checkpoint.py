@@ -34,8 +34,6 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import jax
-
 from artifex_rl.events import Callback
 
 if TYPE_CHECKING:
@@ -242,8 +240,6 @@ class ModelCheckpoint(Callback):
         monitor = self.config.monitor
         if monitor is None:
             return None
-        if not trainer.fitting and step_metrics is not None and monitor in step_metrics:
-            return float(jax.device_get(step_metrics[monitor]))  # a sync, only on save steps
         logged = trainer.callback_metrics
         if monitor in logged:
             return float(logged[monitor])

@@ -12,9 +12,10 @@ checks at epoch ends instead), in this order, as in Lightning:
    ``patience`` stops.
 
 Stopping sets ``trainer.should_stop``; ``fit`` ends after the current step.
-In a hand-written loop (``trainer.fitting`` is False) the check runs in
-``on_train_batch_end`` every ``log_every_n_steps`` steps on that step's
-metrics, and the loop should test ``trainer.should_stop`` itself.
+In a hand-written loop, calling ``on_train_batch_end`` by hand runs the check
+on the trainer's interval means every ``log_every_n_steps`` steps (see
+:class:`~artifex_rl.events.Callback`); the loop should test
+``trainer.should_stop`` itself.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import logging
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-import jax
 
 from artifex_rl.events import Callback
 
@@ -107,12 +106,6 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.check_on == "epoch":
             self._check(trainer, metrics)
-
-    def on_train_batch_end(self, trainer: Trainer, metrics: Mapping[str, Any], step: int) -> None:
-        if trainer.fitting or self.check_on != "log":
-            return  # fit checks from on_log
-        if trainer.global_step % trainer.config.log_every_n_steps == 0 and self.monitor in metrics:
-            self._check(trainer, {self.monitor: float(jax.device_get(metrics[self.monitor]))})
 
     def state_dict(self) -> dict[str, Any]:
         return {

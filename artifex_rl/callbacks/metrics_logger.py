@@ -26,7 +26,6 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from artifex_rl.callbacks._host import host_scalars
 from artifex_rl.events import Callback
 
 if TYPE_CHECKING:
@@ -141,13 +140,6 @@ class MetricsLogger(Callback):
     def on_log(self, trainer: Trainer, metrics: Mapping[str, float], step: int) -> None:
         self._append(step, metrics)
 
-    def on_train_batch_end(self, trainer: Trainer, metrics: Mapping[str, Any], step: int) -> None:
-        if trainer.fitting:
-            return  # fit logs through on_log
-        every = self.log_every_n_steps or trainer.config.log_every_n_steps
-        if trainer.global_step % every == 0:
-            self._append(trainer.global_step, host_scalars(metrics))
-
     def on_train_end(self, trainer: Trainer) -> None:
         self._finish()
 
@@ -225,7 +217,7 @@ class MetricsLogger(Callback):
     def _write_parameter_overview(self, trainer: Trainer) -> None:
         from clu import parameter_overview
 
-        text = parameter_overview.get_parameter_overview(trainer.train_state["params"])
+        text = parameter_overview.get_parameter_overview(trainer.train_state["params"])  # {model name: params}
         with open(os.path.join(self.run_dir, "parameters.txt"), "w") as f:
             f.write(text + "\n")
         _log.info("Parameters of %s:\n%s", type(trainer.model).__name__, text)

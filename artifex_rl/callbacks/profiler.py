@@ -153,6 +153,4 @@ class DeviceMemoryMonitor(Callback):
             trainer.callback_metrics.update(stats)
 
     def on_train_batch_end(self, trainer: Trainer, metrics: Mapping[str, Any], step: int) -> None:
-        # Hand-written loops have no on_log: add to the step's metrics (a host call, no device sync).
-        if not trainer.fitting and isinstance(metrics, MutableMapping):
-            metrics.update(self.stats())
+        super().on_train_batch_end(trainer, metrics, step)

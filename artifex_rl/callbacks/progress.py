@@ -20,7 +20,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-import jax
 from tqdm import tqdm
 
 from artifex_rl.events import Callback
@@ -128,15 +127,6 @@ class ProgressBarCallback(Callback):
         every = self.refresh_every_n_steps
         if every is None or step - self._last_refresh >= every:
             self._refresh(step)
-
-    def on_train_batch_end(self, trainer: Trainer, metrics: Mapping[str, Any], step: int) -> None:
-        if trainer.fitting:
-            return  # fit refreshes from on_log
-        every = self.refresh_every_n_steps or trainer.config.log_every_n_steps
-        if trainer.global_step - self._last_refresh >= every:
-            keys = self._keys(metrics)
-            self._postfix = self._select(jax.device_get({k: metrics[k] for k in keys}))
-            self._refresh(trainer.global_step)
 
     def on_train_end(self, trainer: Trainer) -> None:
         self._postfix = self._select(trainer.callback_metrics) or self._postfix

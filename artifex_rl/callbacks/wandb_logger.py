@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from artifex_rl.callbacks._host import host_scalars, json_compatible
+from artifex_rl.callbacks._host import json_compatible
 from artifex_rl.events import Callback
 
 if TYPE_CHECKING:
@@ -157,13 +157,6 @@ class WandbLoggerCallback(Callback):
             self._log(dict(metrics), step)
         else:
             self._unlogged = (dict(metrics), step)
-
-    def on_train_batch_end(self, trainer: Trainer, metrics: Mapping[str, Any], step: int) -> None:
-        # Inside fit, on_log does the logging (no device sync here).
-        if trainer.fitting or self.run is None:
-            return
-        if trainer.global_step % self.config.log_every_n_steps == 0:
-            self._log(host_scalars(metrics), trainer.global_step)
 
     def on_train_end(self, trainer: Trainer) -> None:
         if self._unlogged is not None and self._unlogged[1] > self._last_logged_step:

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
+from artifex_rl.core.snapshot import as_policy_provider
 from artifex_rl.envs.spaces import ActionSpec, action_spec, to_env_action
 from artifex_rl.rl.policies import (
     CategoricalPolicy,
@@ -318,16 +319,10 @@ class _ModelInfo:
     output: Any  # ShapeDtypeStructs of the model output on (num_envs, *obs)
 
 
-def _model_state_of(trainer: Any) -> tuple[Any, Any, Any]:
-    try:
-        graphdef = trainer.graphdef
-        train_state = trainer.train_state
-        return graphdef, train_state["params"], train_state["model_state"]
-    except (AttributeError, KeyError, TypeError) as e:
-        raise TypeError(
-            "GymnaxRolloutSource needs a trainer exposing `graphdef` and a `train_state` "
-            f"dict with 'params' and 'model_state'; got {type(trainer).__name__} ({e!r})"
-        ) from None
+def _model_state_of(policy: Any) -> tuple[Any, Any, Any]:
+    """``(graphdef, params, model_state)`` of the policy now (a provider's snapshot)."""
+    snapshot = policy()
+    return snapshot.graphdef, snapshot.params, snapshot.model_state
 
 
 class GymnaxRolloutSource:
@@ -348,7 +343,8 @@ class GymnaxRolloutSource:
 
     Args:
       env_name: a gymnax id, e.g. ``"CartPole-v1"``.
-      trainer: anything with ``graphdef`` and ``train_state["params" | "model_state"]``.
+      trainer: the trainer whose policy collects (or any zero-argument callable
+        returning a :class:`~artifex_rl.core.snapshot.PolicySnapshot`).
       num_envs: ``B``, environments run in parallel.
       num_steps: ``T``, steps per environment per batch.
       policy: ``"categorical"`` (discrete envs), ``"gaussian"`` (Box envs) or a PolicyHead.
@@ -394,10 +390,14 @@ class GymnaxRolloutSource:
         self.num_steps = int(num_steps)
         self.iterations_per_epoch = None if iterations_per_epoch is None else int(iterations_per_epoch)
         self.policy = get_policy_head(policy)
-        self.trainer = trainer
+        # Sources read a policy snapshot, not the trainer; fit fuses this source
+        # into its compiled call only for the trainer whose policy it reads.
+        self.policy = as_policy_provider(trainer)
+        self.policy_owner = trainer if hasattr(trainer, "policy_snapshot") else None
+        self.trainer = self.policy_owner
         self.action_spec = action_spec(self.env.action_space(self.env_params))
 
-        graphdef, params, model_state = _model_state_of(trainer)
+        graphdef, params, model_state = _model_state_of(self.policy)
         info = self._check_model(graphdef, params, model_state, actor_critic)
         self.actor_critic = info.actor_critic
 
@@ -528,7 +528,7 @@ class GymnaxRolloutSource:
 
     def next_batch(self) -> Batch:
         """Collect one batch with the trainer's current parameters."""
-        graphdef, params, model_state = _model_state_of(self.trainer)
+        graphdef, params, model_state = _model_state_of(self.policy)
         step = self._step_for(graphdef)
         batch, self._carry, self._key = step.fn(params, model_state, self._carry, self._key)
         self.iterations += 1

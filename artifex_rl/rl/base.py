@@ -79,7 +79,7 @@ class RLTrainer(Trainer):
 
     @property
     def has_reference_model(self) -> bool:
-        return REFERENCE in self._frozen_states
+        return REFERENCE in self.frozen_states
 
 
 def _check_finite_host_rewards(batch: Mapping[str, Any], who: str) -> None:

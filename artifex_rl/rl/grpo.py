@@ -52,6 +52,7 @@ import optax
 from flax import nnx
 
 from artifex_rl.events import Callback
+from artifex_rl.core.rng import HOST_SAMPLE, stream_key
 from artifex_rl.rl.base import REFERENCE, RLTrainer
 from artifex_rl.rl.batch import canonical, check_shape, require, score_sequences
 from artifex_rl.rl.configs import GRPOConfig
@@ -68,8 +69,6 @@ from artifex_rl.rl.utils import (
 
 _log = logging.getLogger(__name__)
 
-#: Salt separating the host-reward path's sampling keys from the step's keys.
-_HOST_SAMPLING_STREAM = 0x5A3
 
 Array = jax.Array
 #: ``sample_fn(model, prompts (B, P), key) -> object with tokens (B, P+N),
@@ -170,7 +169,7 @@ class GRPOTrainer(RLTrainer):
             return self._host_reward_step(batch)
 
     def _recompile(self) -> None:
-        self._step_fn = jax.jit(self._step, donate_argnums=(0,), static_argnums=(3,))
+        self.recompile()
 
     def _sampler(self) -> SampleFn:
         if self.sample_fn is not None:
@@ -208,10 +207,9 @@ class GRPOTrainer(RLTrainer):
         key = batch.get("sample_key")
         if key is None:
             # A stream of its own, derived like the step's: (seed key, step).
-            sampling_stream = jax.random.fold_in(self.train_state["rng"], _HOST_SAMPLING_STREAM)
-            key = jax.random.fold_in(sampling_stream, self.global_step)
+            key = stream_key(self.train_state["rng"], HOST_SAMPLE, self.global_step)
         prompts, conditions, completions, mask, log_probs = self._host_sampler(
-            self.train_state["params"], self.train_state["model_state"], batch["observations"],
+            self.train_state["params"]["model"], self.train_state["model_state"]["model"], batch["observations"],
             batch.get("conditions"), key,
         )
         rewards = self.reward_fn(np.asarray(completions), conditions, completion_mask=np.asarray(mask))

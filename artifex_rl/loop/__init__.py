@@ -1,0 +1,1 @@
+"""The fit loop and the metric aggregator."""
