@@ -26,6 +26,9 @@ from artifex_rl.rl import (
     ThresholdReward,
     TokenPolicy,
 )
+from artifex_rl.core.loss_terms import LossTerm
+from artifex_rl.core.snapshot import PolicySnapshot
+from artifex_rl.core.update import UpdatePhase
 from artifex_rl.trainer import Trainer
 
 __version__ = "0.1.0"
@@ -42,6 +45,9 @@ __all__ = [
     "GRPOConfig",
     "GRPOTrainer",
     "GaussianPolicy",
+    "LossTerm",
+    "PolicySnapshot",
+    "UpdatePhase",
     "PPOConfig",
     "PPOTrainer",
     "PolicyHead",

@@ -355,6 +355,11 @@ class Trainer:
         self._after_steps(size)
         return metrics
 
+    def set_train_state(self, train_state: dict[str, Any]) -> None:
+        """Replace the train state (e.g. on restore); the model views refresh on next access."""
+        self.train_state = train_state
+        self._views.mark_stale(train_state)
+
     def _after_steps(self, n: int) -> None:
         self.global_step += n
         self._views.mark_stale(self.train_state)
@@ -508,7 +513,6 @@ class Trainer:
         from artifex_rl.checkpoint.connector import load_trainer_checkpoint
 
         load_trainer_checkpoint(self, path)
-        self._views.mark_stale(self.train_state)
 
     def _resolve_checkpoint_path(self, ckpt_path: str) -> str | None:
         if ckpt_path in ("last", "best"):

@@ -47,3 +47,39 @@ def make_regression_trainer(seed: int = 0, lr: float = 1e-2, **config_kwargs) ->
     model = TinyMLP(rngs=nnx.Rngs(seed))
     optimizer = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
     return RegressionTrainer(model, optimizer, TrainerConfig(**config_kwargs))
+
+
+class TwoModelTrainer(Trainer):
+    """A toy trainer of two models with their own optimizers and an EMA (no core code names it).
+
+    Phase "critic" (twice per batch) fits ``critic(x) -> y``; phase "actor" fits
+    ``actor(x) -> critic(x)`` with the critic held fixed. ``extra`` keeps an
+    exponential moving average of the actor's parameters.
+    """
+
+    ema_decay = 0.9
+
+    def update_phases(self):
+        from artifex_rl import UpdatePhase
+
+        return (UpdatePhase("critic", ("critic",), repeats=2), UpdatePhase("actor", ("actor",)))
+
+    def compute_loss(self, models, batch, rng, phase):
+        target = batch["y"] if phase == "critic" else jax.lax.stop_gradient(models["critic"](batch["x"]))
+        out = models[phase](batch["x"])
+        return jnp.mean((out - target) ** 2), {f"{phase}_mae": jnp.mean(jnp.abs(out - target))}
+
+    def init_extra_state(self):
+        return {"actor_ema": jax.tree.map(jnp.array, self.train_state["params"]["actor"])}
+
+    def after_update(self, extra, params, model_state):
+        d = self.ema_decay
+        return {"actor_ema": jax.tree.map(lambda e, p: d * e + (1 - d) * p, extra["actor_ema"], params["actor"])}
+
+
+def make_two_model_trainer(seed: int = 0, **config_kwargs) -> TwoModelTrainer:
+    from artifex_rl import TrainerConfig
+
+    models = {"actor": TinyMLP(rngs=nnx.Rngs(seed)), "critic": TinyMLP(rngs=nnx.Rngs(seed + 1))}
+    optimizers = {"actor": optax.adam(1e-2), "critic": optax.sgd(0.05, momentum=0.9)}
+    return TwoModelTrainer(models, optimizers, TrainerConfig(**config_kwargs))

@@ -113,6 +113,24 @@ def run_ppo(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
     }
 
 
+def run_two(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
+    """The two-model toy trainer (two optimizers, an EMA in the extra state), checkpointed every 4 steps."""
+    from tests._models import make_two_model_trainer
+
+    trainer = make_two_model_trainer(log_every_n_steps=2)
+    logger = MetricsLogger(run_dir, plot=False, parameter_overview=False, write_csv=False)
+    checkpoint = ModelCheckpoint(CheckpointConfig(ckpt_dir, save_top_k=1, every_n_train_steps=4))
+    trainer.fit(regression_batches(6), max_steps=max_steps, callbacks=[logger, checkpoint],
+                ckpt_path="last" if resume else None)
+    return {
+        "state": flat_state(trainer.train_state),
+        "global_step": trainer.global_step,
+        "current_epoch": trainer.current_epoch,
+        "checkpoint": checkpoint.state_dict(),
+        "rows": logger.rows(),
+    }
+
+
 def save_outcome(outcome: dict, path: str) -> None:
     meta = {k: v for k, v in outcome.items() if k != "state"}
     np.savez(path, __meta__=json.dumps(meta), **outcome["state"])
@@ -147,7 +165,7 @@ def load_model_main(ckpt: str, out: str, exit_save: str | None) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["run", "run-ppo", "crash-writer", "load-model"])
+    parser.add_argument("command", choices=["run", "run-ppo", "run-two", "crash-writer", "load-model"])
     parser.add_argument("--ckpt-dir")
     parser.add_argument("--run-dir")
     parser.add_argument("--ckpt")
@@ -156,8 +174,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out")
     parser.add_argument("--exit-save")
     args = parser.parse_args(argv)
-    if args.command in ("run", "run-ppo"):
-        fn = run if args.command == "run" else run_ppo
+    if args.command in ("run", "run-ppo", "run-two"):
+        fn = {"run": run, "run-ppo": run_ppo, "run-two": run_two}[args.command]
         save_outcome(fn(args.ckpt_dir, args.run_dir, args.max_steps, args.resume), args.out)
     elif args.command == "crash-writer":
         crash_writer(args.ckpt_dir)

@@ -18,6 +18,7 @@ from flax import nnx
 
 from artifex_rl import TrainerConfig
 from artifex_rl.callbacks import Callback, CheckpointConfig, ModelCheckpoint
+from artifex_rl.checkpoint import dump_checkpoint
 from artifex_rl.checkpointing import (
     TrainerCheckpointer,
     is_complete_checkpoint,
@@ -59,7 +60,7 @@ def _assert_trees_equal(a: dict, b: dict) -> None:
 
 def _straight_and_resumed(tmp_path, command: str, n: int) -> tuple[dict, dict]:
     """``n`` steps straight (here), and ``n/2`` steps here + ``resume("last")`` to ``n`` in a new process."""
-    run = script.run if command == "run" else script.run_ppo
+    run = {"run": script.run, "run-ppo": script.run_ppo, "run-two": script.run_two}[command]
     straight = run(str(tmp_path / "ckpt_a"), str(tmp_path / "run_a"), n, resume=False)
     half = run(str(tmp_path / "ckpt_b"), str(tmp_path / "run_b"), n // 2, resume=False)
     assert half["global_step"] == n // 2
@@ -78,6 +79,7 @@ def test_exact_resume_in_a_new_process(tmp_path):
 
     # params, model state, optimizer state (Adam moments + count), rng and step counter
     assert {k.split("/")[0] for k in straight["state"]} == {"params", "opt_state", "rng", "step"}
+    assert any(k.startswith("params/model/") for k in straight["state"])
     _assert_trees_equal(straight["state"], resumed["state"])
     assert resumed["global_step"] == straight["global_step"] == n
     assert resumed["current_epoch"] == straight["current_epoch"]
@@ -104,6 +106,19 @@ def test_exact_resume_of_ppo_on_a_fused_rollout_source_in_a_new_process(tmp_path
     assert resumed["checkpoint"] == straight["checkpoint"]
 
 
+def test_exact_resume_of_two_models_with_two_optimizers_and_an_ema_in_a_new_process(tmp_path):
+    """A trainer of two named models (Adam and SGD-momentum, two update phases) and an EMA
+    in its extra state: 12 steps straight == 6 + checkpoint + new process + 6, bit for bit."""
+    n = 12
+    straight, resumed = _straight_and_resumed(tmp_path, "run-two", n)
+    keys = set(straight["state"])
+    assert {"params/actor/l1/kernel", "params/critic/l1/kernel", "extra/actor_ema/l1/kernel"} <= keys
+    assert any(k.startswith("opt_state/critic") for k in keys) and any(k.startswith("opt_state/actor") for k in keys)
+    _assert_trees_equal(straight["state"], resumed["state"])
+    assert resumed["rows"] == straight["rows"] and resumed["global_step"] == n
+    assert "critic_loss" in straight["rows"][-1] and "actor_loss" in straight["rows"][-1]
+
+
 def test_load_model_in_a_new_process_and_exit_finishes_an_async_save(tmp_path):
     trainer = make_regression_trainer()
     trainer.fit(regression_batches(4), max_steps=3)
@@ -115,7 +130,7 @@ def test_load_model_in_a_new_process_and_exit_finishes_an_async_save(tmp_path):
     assert read_checkpoint_metadata(tmp_path / "at_exit")["global_step"] == 0
     with np.load(out) as loaded:
         restored = {k: loaded[k] for k in loaded.files}
-    expected = script.flat_state(trainer.train_state["params"])
+    expected = script.flat_state(trainer.train_state["params"]["model"])
     _assert_trees_equal(expected, restored)
 
 
@@ -157,7 +172,7 @@ def test_mismatched_checkpoint_names_the_key_and_shapes(tmp_path):
     wider = TinyMLP(hidden=32, rngs=nnx.Rngs(0))
     other = RegressionTrainer(wider, nnx.Optimizer(wider, optax.adam(1e-2), wrt=nnx.Param), TrainerConfig())
     with pytest.raises(
-        ValueError, match=r"params/l1/kernel: checkpoint has shape \(4, 16\).*wants \(4, 32\)"
+        ValueError, match=r"params/model/l1/kernel: checkpoint has shape \(4, 16\).*wants \(4, 32\)"
     ):
         load_trainer_checkpoint(other, path)
 
@@ -190,7 +205,7 @@ def test_async_save_is_safe_against_donation(tmp_path):
     path = checkpointer.save(trainer, tmp_path / "ckpt")
     for leaf in jax.tree.leaves(trainer.train_state):
         leaf.delete()
-    assert trainer.train_state["params"]["l1"]["kernel"].is_deleted()
+    assert trainer.train_state["params"]["model"]["l1"]["kernel"].is_deleted()
     checkpointer.close()
 
     fresh = make_regression_trainer(seed=3)
@@ -283,7 +298,7 @@ def test_top_k_keeps_best_and_last(tmp_path):
     callbacks = {key: ModelCheckpoint(config) for key, config in configs.items()}
     trainer = make_regression_trainer(log_every_n_steps=1)
     trainer.fit(_scored_batches(scores), max_epochs=1, callbacks=list(callbacks.values()))
-    assert set(trainer.checkpoint_metadata()["callbacks"]) == {
+    assert set(dump_checkpoint(trainer).metadata["callbacks"]) == {
         "ModelCheckpoint",
         "ModelCheckpoint#1",
         "ModelCheckpoint#2",

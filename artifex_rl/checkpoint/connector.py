@@ -58,8 +58,8 @@ def restore_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
     target = {"train": trainer.train_state, "frozen": trainer.frozen_states}
     read = read_checkpoint(path, target, trainer.dataloader_state())
     state, metadata = read["state"], read["metadata"]
-    trainer.train_state = jax.tree.map(
-        lambda ref, x: jnp.asarray(x, dtype=ref.dtype), trainer.train_state, state["train"]
+    trainer.set_train_state(
+        jax.tree.map(lambda ref, x: jnp.asarray(x, dtype=ref.dtype), trainer.train_state, state["train"])
     )
     trainer.frozen_states = jax.tree.map(
         lambda ref, x: jnp.asarray(x, dtype=ref.dtype), trainer.frozen_states, state["frozen"]

@@ -392,12 +392,12 @@ class GymnaxRolloutSource:
         self.policy = get_policy_head(policy)
         # Sources read a policy snapshot, not the trainer; fit fuses this source
         # into its compiled call only for the trainer whose policy it reads.
-        self.policy = as_policy_provider(trainer)
+        self.policy_provider = as_policy_provider(trainer)
         self.policy_owner = trainer if hasattr(trainer, "policy_snapshot") else None
         self.trainer = self.policy_owner
         self.action_spec = action_spec(self.env.action_space(self.env_params))
 
-        graphdef, params, model_state = _model_state_of(self.policy)
+        graphdef, params, model_state = _model_state_of(self.policy_provider)
         info = self._check_model(graphdef, params, model_state, actor_critic)
         self.actor_critic = info.actor_critic
 
@@ -528,7 +528,7 @@ class GymnaxRolloutSource:
 
     def next_batch(self) -> Batch:
         """Collect one batch with the trainer's current parameters."""
-        graphdef, params, model_state = _model_state_of(self.policy)
+        graphdef, params, model_state = _model_state_of(self.policy_provider)
         step = self._step_for(graphdef)
         batch, self._carry, self._key = step.fn(params, model_state, self._carry, self._key)
         self.iterations += 1
