@@ -179,7 +179,7 @@ def test_mismatched_checkpoint_names_the_key_and_shapes(tmp_path):
     model = TinyMLP(rngs=nnx.Rngs(0))
     sgd = RegressionTrainer(model, optax.sgd(0.1), TrainerConfig())
     with pytest.raises(
-        ValueError, match=r"checkpoint has but this trainer's train_state lacks: \['opt_state/0/count'"
+        ValueError, match=r"checkpoint has but this trainer's state lacks: \['train/opt_state/model/0/count'"
     ):
         load_trainer_checkpoint(sgd, path)
 
