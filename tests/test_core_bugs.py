@@ -180,3 +180,79 @@ def test_user_model_is_a_lazy_view_that_is_current_after_fit_and_never_deleted()
     assert not np.allclose(np.array(model.l1.kernel[...]), before)  # reading trainer.model refreshed it
     trainer.fit(regression_batches(3), max_steps=4)
     np.testing.assert_array_equal(np.array(model.l1.kernel[...]), trainer.train_state["params"]["model"]["l1"]["kernel"])
+
+
+class _Policy(nnx.Module):
+    def __init__(self, rngs):
+        self.l = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l(x)
+
+
+def _reinforce_batch(seed=0, t=6):
+    rng = np.random.default_rng(seed)
+    return {
+        "observations": rng.normal(size=(t, 3)).astype(np.float32),
+        "actions": rng.integers(0, 2, size=(t,)).astype(np.int32),
+        "rewards": rng.normal(size=(t,)).astype(np.float32),
+        "dones": np.array([0, 0, 0, 1, 0, 0], np.float32),
+    }
+
+
+def test_reinforce_leaves_out_steps_whose_episode_does_not_end_in_the_window():
+    """Bug 3: the window end was treated as an episode end (truncated returns)."""
+    from artifex_rl import REINFORCEConfig, REINFORCETrainer
+
+    def params_after(batch):
+        trainer = REINFORCETrainer(_Policy(nnx.Rngs(0)), optax.sgd(0.1), REINFORCEConfig(entropy_coeff=0.0))
+        metrics = trainer.train_step(batch)
+        return trainer.train_state["params"], metrics
+
+    base = _reinforce_batch()
+    changed = dict(base)
+    changed["rewards"] = base["rewards"].copy()
+    changed["rewards"][4:] = [100.0, -50.0]  # the unfinished episode's rewards
+    changed["observations"] = base["observations"].copy()
+    changed["observations"][4:] = 7.0
+    p1, m1 = params_after(base)
+    p2, _ = params_after(changed)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), p1, p2)
+    assert float(m1["unfinished_frac"]) == pytest.approx(2 / 6)
+    # the finished steps alone, as a hand-made batch of one whole episode, give the same update
+    whole = {k: v[:4] for k, v in base.items()}
+    p3, _ = params_after(whole)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p3)
+
+
+@pytest.mark.parametrize("algo", ["reinforce", "ppo"])
+def test_nan_in_padded_observations_and_actions_never_reaches_the_parameters(algo):
+    """C-L4: padding may hold anything, NaN included."""
+    from artifex_rl import PPOConfig, PPOTrainer, REINFORCETrainer
+
+    class AC(nnx.Module):
+        def __init__(self, rngs):
+            self.pi, self.v = nnx.Linear(3, 2, rngs=rngs), nnx.Linear(3, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.pi(x), self.v(x)[..., 0]
+
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float32)
+    obs[mask == 0] = np.nan
+    batch = {
+        "observations": obs,
+        "actions": np.where(mask > 0, rng.integers(0, 2, size=(2, 4)), 7).astype(np.int32),
+        "rewards": np.where(mask > 0, 1.0, np.nan).astype(np.float32),
+        "mask": mask,
+        "dones": np.array([[0, 0, 1, 0], [0, 1, 0, 0]], np.float32),
+    }
+    if algo == "ppo":
+        batch["values"] = np.zeros((2, 4), np.float32)
+        batch["log_probs"] = np.full((2, 4), -0.69, np.float32)
+        trainer = PPOTrainer(AC(nnx.Rngs(0)), optax.sgd(0.1), PPOConfig(num_minibatches=1, update_epochs=1))
+    else:
+        trainer = REINFORCETrainer(_Policy(nnx.Rngs(0)), optax.sgd(0.1))
+    trainer.train_step(batch)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(trainer.train_state["params"]))

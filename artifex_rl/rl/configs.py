@@ -44,12 +44,19 @@ class REINFORCEConfig(TrainerConfig):
       policy: how the model's output is read: ``"categorical"`` (logits),
         ``"gaussian"`` (mean, log_std) or ``"tokens"`` (a causal LM scoring
         completions; each sequence is one episode with reward ``(B,)``).
+      mask_unfinished_episodes: with ``dones`` in the batch, leave out the
+        steps after a row's last ``done``: their episode goes on past the
+        window, so their return is truncated (Williams' estimator needs whole
+        episodes; a rollout window of T steps cuts the last episode of every
+        environment). Reported as ``unfinished_frac``. Batches without
+        ``dones`` are one whole episode per row, as the seeds write them.
     """
 
     gamma: float = 0.99
     normalize_returns: bool = True
     entropy_coeff: float = 0.01
     policy: str = "categorical"
+    mask_unfinished_episodes: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

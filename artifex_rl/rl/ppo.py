@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from artifex_rl.rl.base import RLTrainer
 from artifex_rl.rl.batch import canonical, check_leading, check_shape, flatten_leading, require
 from artifex_rl.rl.configs import PPOConfig
+from artifex_rl.rl.reinforce import _zero_padding
 from artifex_rl.rl.utils import (
     compute_clipped_surrogate_loss,
     compute_gae_advantages,
@@ -124,8 +125,9 @@ class PPOTrainer(RLTrainer):
         returns_var = _masked_var(returns, mask)
         n = rewards.ndim
         prepared = {
-            "observations": flatten_leading(batch["observations"], n),
-            "actions": flatten_leading(batch["actions"], n),
+            # NaN in padded observations/actions must not reach the gradient: select, don't multiply
+            "observations": flatten_leading(_zero_padding(batch["observations"], mask), n),
+            "actions": flatten_leading(_zero_padding(batch["actions"], mask), n),
             "old_log_probs": flatten_leading(log_probs, n),
             "old_values": flatten_leading(old_values, n),
             "advantages": flatten_leading(advantages, n),

@@ -71,18 +71,29 @@ class REINFORCETrainer(RLTrainer):
         if mask is not None:  # padding may hold anything, NaN included
             rewards = jnp.where(jnp.asarray(mask) > 0, rewards, 0.0)
         returns = compute_discounted_returns(rewards, self.config.gamma, batch.get("dones"))
+        pad_mask = mask
+        observations, actions = batch["observations"], batch["actions"]
+        if mask is not None:  # NaN in padded observations/actions must not reach the gradient
+            observations, actions = _zero_padding(observations, mask), _zero_padding(actions, mask)
+        extra_metrics = {}
+        if self.config.mask_unfinished_episodes and "dones" in batch:
+            finished = _finished_in_window(jnp.asarray(batch["dones"]))
+            valid = jnp.ones(lead, jnp.float32) if mask is None else (jnp.asarray(mask) > 0).astype(jnp.float32)
+            extra_metrics["unfinished_frac"] = 1.0 - jnp.sum(finished * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+            mask = valid * finished
         mean_return = masked_mean(returns, mask)
         if self.config.normalize_returns:
             returns = normalize_advantages(returns, mask)
         n = rewards.ndim
         prepared = {
-            "observations": flatten_leading(batch["observations"], n),
-            "actions": flatten_leading(batch["actions"], n),
+            "observations": flatten_leading(observations, n),
+            "actions": flatten_leading(actions, n),
             "returns": flatten_leading(returns, n),
             "metrics": {
-                "mean_reward": masked_mean(rewards, mask),
-                "reward_std": jnp.sqrt(masked_mean(jnp.square(rewards - masked_mean(rewards, mask)), mask)),
+                "mean_reward": masked_mean(rewards, pad_mask),
+                "reward_std": jnp.sqrt(masked_mean(jnp.square(rewards - masked_mean(rewards, pad_mask)), pad_mask)),
                 "mean_return": mean_return,
+                **extra_metrics,
             },
         }
         if mask is not None:  # masked means only where there is padding
@@ -122,3 +133,22 @@ class REINFORCETrainer(RLTrainer):
             entropy = masked_mean(self.policy.entropy(output), mask)
         loss = policy_loss - self.config.entropy_coeff * entropy
         return loss, {"policy_loss": policy_loss, "entropy": entropy}
+
+
+def _finished_in_window(dones: jax.Array) -> jax.Array:
+    """1.0 where the step's episode ends inside the window (a ``done`` at this step or later), else 0.
+
+    ``dones``: ``(T,)`` or ``(B, T)``, time on the last axis.
+    """
+    done = (dones > 0).astype(jnp.float32)
+    # reverse cumulative max along time: is there a done at or after t?
+    return jnp.flip(jax.lax.cummax(jnp.flip(done, -1), axis=done.ndim - 1), -1)
+
+
+def _zero_padding(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """``x (*lead, ...)`` with the entries where ``mask (*lead)`` is 0 replaced by 0 (select, not multiply)."""
+    x = jnp.asarray(x)
+    if mask is None:
+        return x
+    keep = jnp.asarray(mask) > 0
+    return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim)), x, jnp.zeros((), x.dtype))
