@@ -12,7 +12,7 @@ A batch holds (``B`` rows of length ``L``):
 * ``loss_mask (B, L)`` float/bool: 1 on the tokens the model must learn to
   *predict* (e.g. the answer and its EOS), 0 elsewhere (prompt, padding).
   The mask is aligned with the token it scores, like
-  :func:`artifex_rl.rl.policies.token_log_probs`: ``loss_mask[:, t]`` weighs
+  :func:`artifex_rl.distributions.token_log_probs`: ``loss_mask[:, t]`` weighs
   ``log p(tokens[:, t] | tokens[:, :t])``, predicted from position ``t - 1``.
   Column 0 is predicted by nothing and must be 0;
 * optional ``attention_mask (B, L)``: 1 on real tokens, 0 on padding keys,
@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from artifex_rl.rl.batch import check_shape, require
+from artifex_rl.batches import check_shape, require
+from artifex_rl.distributions import token_log_probs
 from artifex_rl.trainer import Trainer
 
 Array = jax.Array
@@ -63,15 +64,14 @@ def masked_next_token_loss(logits: Array, tokens: Array, loss_mask: Array) -> tu
       ``{"token_accuracy", "num_target_tokens"}``.
     """
     # Position t predicts token t + 1: drop the last logit and the first target.
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    target_logp = token_log_probs(logits, tokens)[:, 1:]
     targets = tokens[:, 1:].astype(jnp.int32)
     mask = loss_mask[:, 1:].astype(jnp.float32)
-    target_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     # max(., 1): an all-zero mask gives loss 0 (and zero gradient), not NaN.
     count = jnp.sum(mask)
     denom = jnp.maximum(count, 1.0)
     loss = -jnp.sum(target_logp * mask) / denom
-    correct = (jnp.argmax(logp, axis=-1) == targets).astype(jnp.float32)
+    correct = (jnp.argmax(logits[:, :-1], axis=-1) == targets).astype(jnp.float32)
     return loss, {"token_accuracy": jnp.sum(correct * mask) / denom, "num_target_tokens": count}
 
 

@@ -142,10 +142,10 @@ def test_rewards_are_jittable(samples):
     )
     np.testing.assert_allclose(np.asarray(jax.jit(reward)(samples)), np.asarray(reward(samples)), rtol=1e-6)
     # Under jit only the static shape is checked; the NaN check needs concrete values.
-    checked = jax.jit(lambda s: R.compute_rewards(lambda x, c=None: jnp.sum(x, -1) * jnp.nan, s))(samples)
+    checked = jax.jit(lambda s: R.validate_rewards(jnp.sum(s, -1) * jnp.nan, R.batch_size_of(s)))(samples)
     assert checked.shape == (6,)
     with pytest.raises(ValueError, match=r"returned shape \(6, 3\), expected \(6,\)"):
-        jax.jit(lambda s: R.compute_rewards(lambda x, c=None: x, s))(samples)
+        jax.jit(lambda s: R.validate_rewards(s, R.batch_size_of(s)))(samples)
 
 
 def test_validate_rewards_shape_and_nan(samples):
@@ -163,9 +163,10 @@ def test_validate_rewards_shape_and_nan(samples):
         R.validate_rewards(jnp.zeros(2), 4)
 
 
-def test_compute_rewards_names_the_failing_function(samples):
-    np.testing.assert_allclose(np.asarray(R.compute_rewards(sum_reward, samples)), samples.sum(-1), rtol=1e-6)
+def test_validate_rewards_names_the_failing_function(samples):
+    checked = R.validate_rewards(sum_reward(samples), R.batch_size_of(samples), sum_reward)
+    np.testing.assert_allclose(np.asarray(checked), samples.sum(-1), rtol=1e-6)
     nan_reward = R.ScaledReward(lambda s, c=None: jnp.log(jnp.sum(s, -1)), 1.0)
     with pytest.raises(ValueError, match=r"ScaledReward.*non-finite rewards"):
-        R.compute_rewards(nan_reward, samples)
+        R.validate_rewards(nan_reward(samples), R.batch_size_of(samples), nan_reward)
     assert R.batch_size_of({"a": jnp.zeros((3, 2))}) == 3

@@ -43,14 +43,14 @@ import numpy as np
 from flax import nnx, serialization
 
 from artifex_rl.core.snapshot import as_policy_provider
-from artifex_rl.envs.spaces import ActionSpec, action_spec, to_env_action
-from artifex_rl.rl.policies import (
+from artifex_rl.distributions import (
     CategoricalPolicy,
     GaussianPolicy,
     PolicyHead,
     TokenPolicy,
     get_policy_head,
 )
+from artifex_rl.envs.spaces import ActionSpec, action_spec, to_env_action
 
 Array = jax.Array
 Batch = dict[str, Any]

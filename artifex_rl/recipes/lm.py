@@ -60,6 +60,7 @@ from flax import nnx
 from artifex_rl.autoregressive import AutoregressiveTrainer
 from artifex_rl.callbacks.samples import SampleTableLogger
 from artifex_rl.config import TrainerConfig
+from artifex_rl.distributions import score_sequences
 from artifex_rl.events import Callback
 from artifex_rl.models.transformer import Sampler, TransformerLM, sample_with_cache
 from artifex_rl.recipes.common import standard_callbacks, write_summary
@@ -71,8 +72,7 @@ from artifex_rl.rl import (
     REINFORCEConfig,
     REINFORCETrainer,
 )
-from artifex_rl.rl.batch import score_sequences
-from artifex_rl.rl.utils import masked_sum
+from artifex_rl.rl.losses import masked_sum
 from artifex_rl.tasks import DigitSumTask, SortDigitsTask
 from artifex_rl.trainer import Trainer
 

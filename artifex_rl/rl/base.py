@@ -11,8 +11,8 @@ import optax
 from flax import nnx
 
 from artifex_rl.config import TrainerConfig
+from artifex_rl.distributions import PolicyHead, get_policy_head
 from artifex_rl.events import Callback
-from artifex_rl.rl.policies import PolicyHead, get_policy_head
 from artifex_rl.trainer import Trainer
 
 REFERENCE = "reference"

@@ -12,9 +12,10 @@ keyword-only fields.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 from artifex_rl.config import TrainerConfig
-from artifex_rl.rl.utils import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KL_ESTIMATORS, SCALE_REWARDS
+from artifex_rl.rl.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KL_ESTIMATORS, SCALE_REWARDS
 
 POLICIES = ("categorical", "gaussian", "tokens")
 #: GRPO and DPO may also infer the policy head from the actions (see RLTrainer.resolve_policy).
@@ -30,6 +31,15 @@ def _check_range(name: str, value: float, low: float, high: float | None = None)
     if value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def _check_positive(name: str, value: float, why: str) -> None:
+    """``value > 0``; the error says what a non-positive value would do."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}: {why}")
+
+
+_CLIP_WHY = "the clipped ratio is then constant (1), so the policy gradient vanishes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +80,7 @@ class PPOConfig(TrainerConfig):
 
     Attributes:
       gamma, gae_lambda: GAE discount and lambda.
-      clip_param: the surrogate's clip ``epsilon`` (also the value clip).
+      clip_param: the surrogate's clip ``epsilon > 0`` (also the value clip).
       vf_coeff: weight of the value loss.
       entropy_coeff: weight of the entropy bonus.
       max_grad_norm: global-norm gradient clip (keyword-only, default 0.5).
@@ -101,7 +111,7 @@ class PPOConfig(TrainerConfig):
         super().__post_init__()
         _check_range("gamma", self.gamma, 0.0, 1.0)
         _check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
-        _check_range("clip_param", self.clip_param, 0.0)
+        _check_positive("clip_param", self.clip_param, _CLIP_WHY)
         _check_range("update_epochs", self.update_epochs, 1)
         _check_range("num_minibatches", self.num_minibatches, 1)
         _check("policy", self.policy, ("categorical", "gaussian"))
@@ -112,16 +122,20 @@ class GRPOConfig(TrainerConfig):
     """Group Relative Policy Optimization (Shao et al., 2024).
 
     Attributes:
-      num_generations: group size ``G``: completions per prompt, consecutive
-        in the batch.
-      clip_param: lower clip ``epsilon`` (and upper, unless ``epsilon_high``).
+      num_generations: group size ``G >= 2``: completions per prompt,
+        consecutive in the batch.
+      clip_param: lower clip ``epsilon > 0`` (and upper, unless ``epsilon_high``).
       beta: weight of the KL penalty to the reference policy (``0``: none).
       entropy_coeff: weight of the entropy bonus.
       gamma: kept for the seeds' API; GRPO's rewards are per sequence, so
         there is nothing to discount and it is unused.
       epsilon_high: upper clip (DAPO's clip-higher); ``None``: ``clip_param``.
       scale_rewards: ``"group"``, ``"batch"`` or ``"none"`` (Dr. GRPO).
-      loss_type: ``"grpo"``, ``"bnpo"`` or ``"dr_grpo"`` token aggregation.
+      loss_type: token aggregation: ``"grpo"`` (per-sequence means),
+        ``"bnpo"`` (the token mean of each micro-batch), ``"dr_grpo"``
+        (a constant normaliser) or ``"dapo"`` (the token mean over the whole
+        batch, exact under gradient accumulation); see
+        :func:`artifex_rl.rl.losses.token_loss_term`.
       num_iterations: updates (``mu``) on each batch of generations.
       kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default, always >= 0).
       policy: ``"auto"`` (default: integer ``(B, N)`` actions are token
@@ -151,8 +165,15 @@ class GRPOConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_range("num_generations", self.num_generations, 1)
+        if self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be >= 2, got {self.num_generations}: a group of one completion "
+                "has advantage 0, so GRPO would train only the KL and entropy terms"
+            )
         _check_range("num_iterations", self.num_iterations, 1)
+        _check_positive("clip_param", self.clip_param, _CLIP_WHY)
+        if self.epsilon_high is not None:
+            _check_positive("epsilon_high", self.epsilon_high, "the upper clip 1 + epsilon_high must exceed 1")
         _check_range("beta", self.beta, 0.0)
         _check("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         _check("loss_type", self.loss_type, GRPO_LOSS_TYPES)
@@ -165,12 +186,16 @@ class DPOConfig(TrainerConfig):
     """Direct Preference Optimization (Rafailov et al., 2023) and variants.
 
     Attributes:
-      beta: temperature of the implicit reward ``beta * log(pi / ref)``.
+      beta: temperature of the implicit reward ``beta * log(pi / ref)``;
+        ``> 0`` (at 0 every loss type's gradient vanishes, and IPO divides by
+        it). SimPO's paper uses 2-10; a smaller value with ``reference_free``
+        warns, because the margin ``simpo_gamma`` then dominates.
       label_smoothing: probability that a preference label is flipped
         (conservative DPO / robust DPO).
       reference_free: SimPO (Meng et al., 2024): no reference model,
         length-normalised log-probs and a target margin ``simpo_gamma``.
-      loss_type: ``"sigmoid"``, ``"hinge"``, ``"ipo"`` or ``"robust"``.
+      loss_type: ``"sigmoid"``, ``"hinge"``, ``"ipo"`` or ``"robust"``
+        (see :func:`artifex_rl.rl.losses.dpo_loss_per_pair`).
       simpo_gamma: SimPO's target reward margin.
       nll_coeff: weight of the chosen completions' per-token NLL added to the
         loss (RPO, Pang et al. 2024; 0 = plain DPO). It keeps the chosen
@@ -191,7 +216,20 @@ class DPOConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_range("beta", self.beta, 0.0)
+        if not self.beta > 0:
+            why = (
+                "IPO's target margin 1 / (2 beta) divides by it"
+                if self.loss_type == "ipo" and not self.reference_free
+                else f"the {'SimPO' if self.reference_free else repr(self.loss_type)} loss then has zero gradient"
+            )
+            raise ValueError(f"beta must be > 0, got {self.beta}: {why}")
+        if self.reference_free and self.beta < 1.0:
+            warnings.warn(
+                f"DPOConfig(reference_free=True, beta={self.beta}): SimPO's paper uses beta in 2-10; with "
+                f"beta < 1 the target margin simpo_gamma={self.simpo_gamma} dominates the reward difference",
+                UserWarning,
+                stacklevel=3,
+            )
         _check_range("nll_coeff", self.nll_coeff, 0.0)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0)
         _check("loss_type", self.loss_type, DPO_LOSS_TYPES)

@@ -34,12 +34,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from artifex_rl.batches import canonical, check_shape, require
+from artifex_rl.distributions import PolicyHead, score_sequences
 from artifex_rl.events import Callback
 from artifex_rl.rl.base import REFERENCE, RLTrainer
-from artifex_rl.rl.batch import canonical, check_shape, require, score_sequences
 from artifex_rl.rl.configs import DPOConfig
-from artifex_rl.rl.policies import PolicyHead
-from artifex_rl.rl.utils import compute_dpo_loss, masked_sum
+from artifex_rl.rl.losses import compute_dpo_loss, masked_sum
 
 Array = jax.Array
 

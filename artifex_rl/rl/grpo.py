@@ -51,14 +51,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from artifex_rl.events import Callback
+from artifex_rl.batches import canonical, check_shape, require
 from artifex_rl.core.rng import HOST_SAMPLE, stream_key
+from artifex_rl.distributions import PolicyHead, score_sequences
+from artifex_rl.events import Callback
+from artifex_rl.rewards import validate_rewards
 from artifex_rl.rl.base import REFERENCE, RLTrainer
-from artifex_rl.rl.batch import canonical, check_shape, require, score_sequences
 from artifex_rl.rl.configs import GRPOConfig
-from artifex_rl.rl.policies import PolicyHead
-from artifex_rl.rl.rewards import validate_rewards
-from artifex_rl.rl.utils import (
+from artifex_rl.rl.losses import (
     aggregate_token_loss,
     clipped_surrogate_metrics,
     clipped_surrogate_per_element,

@@ -39,16 +39,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
 from artifex_rl.rl.base import RLTrainer
-from artifex_rl.rl.batch import canonical, check_leading, check_shape, flatten_leading, require
 from artifex_rl.rl.configs import PPOConfig
-from artifex_rl.rl.reinforce import _zero_padding
-from artifex_rl.rl.utils import (
+from artifex_rl.rl.losses import (
     compute_clipped_surrogate_loss,
     compute_gae_advantages,
     masked_mean,
     normalize_advantages,
 )
+from artifex_rl.rl.reinforce import _zero_padding
 
 
 def _split_model_output(output: Any, who: str) -> tuple[Any, jax.Array]:

@@ -27,17 +27,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
+from artifex_rl.distributions import score_sequences
 from artifex_rl.rl.base import RLTrainer
-from artifex_rl.rl.batch import (
-    canonical,
-    check_leading,
-    check_shape,
-    flatten_leading,
-    require,
-    score_sequences,
-)
 from artifex_rl.rl.configs import REINFORCEConfig
-from artifex_rl.rl.utils import compute_discounted_returns, masked_mean, masked_sum, normalize_advantages
+from artifex_rl.rl.losses import compute_discounted_returns, masked_mean, masked_sum, normalize_advantages
 
 
 class REINFORCETrainer(RLTrainer):

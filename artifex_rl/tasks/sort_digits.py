@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from artifex_rl.rl.rewards import CompositeReward
+from artifex_rl.rewards import CompositeReward
 from artifex_rl.tasks.base import (
     CompletionReward,
     Demonstrations,
