@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from artifex_rl.batches import check_shape, require
+from artifex_rl.core.loss_terms import LossTerm
 from artifex_rl.distributions import token_log_probs
 from artifex_rl.trainer import Trainer
 
@@ -107,4 +108,7 @@ class AutoregressiveTrainer(Trainer):
                 f"got {jnp.shape(logits)}"
             )
         loss, metrics = masked_next_token_loss(logits, tokens, batch["loss_mask"])
-        return loss, {**metrics, "perplexity": jnp.exp(loss)}
+        # (sum, count): the mean NLL per target token of the whole batch, exact
+        # under gradient accumulation whatever each micro-batch's token count.
+        count = metrics["num_target_tokens"]
+        return LossTerm(loss * jnp.maximum(count, 1.0), count), {**metrics, "perplexity": jnp.exp(loss)}

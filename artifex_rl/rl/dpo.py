@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 
 from artifex_rl.batches import canonical, check_shape, require
+from artifex_rl.core.loss_terms import LossTerm
 from artifex_rl.distributions import PolicyHead, score_sequences
 from artifex_rl.events import Callback
 from artifex_rl.rl.base import REFERENCE, RLTrainer
@@ -163,12 +164,16 @@ class DPOTrainer(RLTrainer):
             **lengths,
         )
         dpo_loss, extra = loss, {}
+        # Each term as (sum, count), so gradient accumulation stays exact: the
+        # pair loss is a mean over pairs, the NLL a mean over chosen tokens.
+        pairs = chosen.shape[0]
+        loss = (LossTerm(dpo_loss * pairs, jnp.asarray(pairs, jnp.float32)),)
         if cfg.nll_coeff > 0:
             # Per-token NLL of the chosen completions (RPO): their summed
             # log-probs over the batch divided by their token count.
-            tokens = jnp.sum(batch["chosen_mask"]) if self.is_token_policy else chosen.shape[0]
+            tokens = jnp.sum(batch["chosen_mask"]) if self.is_token_policy else jnp.asarray(pairs, jnp.float32)
             nll = -jnp.sum(chosen) / jnp.maximum(tokens, 1.0)
-            loss = loss + cfg.nll_coeff * nll
+            loss = (*loss, LossTerm(-cfg.nll_coeff * jnp.sum(chosen), tokens))
             extra = {"chosen_nll": nll}
         return loss, {
             "dpo_loss": dpo_loss,

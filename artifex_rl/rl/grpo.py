@@ -65,6 +65,7 @@ from artifex_rl.rl.losses import (
     compute_group_advantages,
     compute_kl_divergence,
     masked_mean,
+    token_loss_term,
 )
 
 _log = logging.getLogger(__name__)
@@ -299,9 +300,18 @@ class GRPOTrainer(RLTrainer):
             prepared["ref_log_probs"] = valid_only(batch["ref_log_probs"])
         elif self.config.beta > 0 and REFERENCE in frozen:
             prepared["ref_log_probs"] = valid_only(self._log_probs(frozen[REFERENCE], obs, actions))
+        elif self.config.beta > 0:
+            raise ValueError(
+                f"{who}: beta={self.config.beta} > 0 asks for a KL penalty, but there is no reference: "
+                "the batch has no 'ref_log_probs' and the trainer has no reference model "
+                "(reference_model=None). Pass reference_model='copy' (the default) or a module, "
+                "put 'ref_log_probs' in the batch, or set beta=0"
+            )
 
         metrics = {
-            "mean_reward": jnp.mean(rewards),
+            # over the scorable samples: a non-finite reward is left out (advantage 0)
+            "mean_reward": jnp.sum(jnp.where(jnp.isfinite(rewards), rewards, 0.0))
+            / jnp.maximum(jnp.sum(jnp.isfinite(rewards)), 1),
             **group_metrics,
         }
         if self.is_token_policy:
@@ -338,7 +348,8 @@ class GRPOTrainer(RLTrainer):
             )
             per_token = per_token + cfg.beta * kl_per_token
             kl = masked_mean(kl_per_token, mask)
-        loss = aggregate_token_loss(per_token, mask, cfg.loss_type)
+        # (sum, count) form: "dapo" (and "grpo"/"dr_grpo") stay exact under accumulation.
+        loss = token_loss_term(per_token, mask, cfg.loss_type)
         diagnostics = clipped_surrogate_metrics(log_probs, old, cfg.clip_param, mask, cfg.epsilon_high)
         return loss, {
             "policy_loss": aggregate_token_loss(surrogate, mask, cfg.loss_type),

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
+from artifex_rl.core.loss_terms import LossTerm
 from artifex_rl.rl.base import RLTrainer
 from artifex_rl.rl.configs import PPOConfig
 from artifex_rl.rl.losses import (
@@ -166,6 +167,12 @@ class PPOTrainer(RLTrainer):
         value_loss = 0.5 * masked_mean(value_loss, mask)
 
         loss = policy_loss + cfg.vf_coeff * value_loss - cfg.entropy_coeff * entropy
+        if mask is not None:
+            # Every term is a mean over the valid steps: as (sum, count) the loss
+            # stays exact under gradient accumulation when micro-batches hold
+            # different numbers of valid steps.
+            count = jnp.sum(jnp.asarray(mask) > 0).astype(jnp.float32)
+            loss = LossTerm(loss * jnp.maximum(count, 1.0), count)
         return loss, {
             "policy_loss": policy_loss,
             "value_loss": value_loss,

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
+from artifex_rl.core.loss_terms import LossTerm
 from artifex_rl.distributions import score_sequences
 from artifex_rl.rl.base import RLTrainer
 from artifex_rl.rl.configs import REINFORCEConfig
@@ -126,6 +127,12 @@ class REINFORCETrainer(RLTrainer):
             policy_loss = -masked_mean(log_prob * returns, mask)
             entropy = masked_mean(self.policy.entropy(output), mask)
         loss = policy_loss - self.config.entropy_coeff * entropy
+        if mask is not None:
+            # Every term is a mean over the valid steps: as (sum, count) the loss
+            # stays exact under gradient accumulation when micro-batches hold
+            # different numbers of valid steps.
+            count = jnp.sum(jnp.asarray(mask) > 0).astype(jnp.float32)
+            loss = LossTerm(loss * jnp.maximum(count, 1.0), count)
         return loss, {"policy_loss": policy_loss, "entropy": entropy}
 
 
