@@ -127,7 +127,7 @@ class REINFORCETrainer(RLTrainer):
             policy_loss = -masked_mean(log_prob * returns, mask)
             entropy = masked_mean(self.policy.entropy(output), mask)
         loss = policy_loss - self.config.entropy_coeff * entropy
-        if mask is not None:
+        if mask is not None and not self.is_token_policy:
             # Every term is a mean over the valid steps: as (sum, count) the loss
             # stays exact under gradient accumulation when micro-batches hold
             # different numbers of valid steps.
