@@ -354,6 +354,9 @@ def test_reinforce_gaussian_step_matches_numpy():
     mean = x @ w + b
     actions = (mean + np.exp(log_std) * rng.normal(size=(t_max, ACT_DIM))).astype(np.float32)
     rewards, dones = rng.normal(size=t_max).astype(np.float32), (rng.random(t_max) < 0.3).astype(np.float32)
+    # The last episode ends at the window's end: every step's episode is whole
+    # (REINFORCE leaves out steps of an episode still running at the window's end).
+    dones[-1] = 1.0
     batch = {"observations": x.astype(np.float32), "actions": actions, "rewards": rewards, "dones": dones}
     logp, d_mean, d_log_std = gaussian_log_prob(mean, log_std, actions.astype(np.float64))
     scaled = standardize(discounted_returns(rewards, dones, gamma))
