@@ -9,6 +9,7 @@ a fixed evaluation prompt set.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from artifex_rl.models.transformer import generate
 from artifex_rl.recipes import lm
 from artifex_rl.rl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, REINFORCEConfig, REINFORCETrainer
 from artifex_rl.rl.batch import score_sequences
+from artifex_rl.rl.generation import score_completions
 from artifex_rl.tasks import DigitSumTask
 
 SETTINGS = lm.LMSettings(
@@ -80,8 +82,8 @@ def test_pretrained_policy_is_well_formed_imperfect_and_cached(pretrained):
 
 
 def test_sampler_log_probs_equal_the_trainers_recomputed_log_probs(pretrained):
-    """Even sampling at temperature 0.7, the sampler returns the policy's (temperature-1)
-    log-probs: exactly what the GRPO update recomputes, so its first ratio is 1."""
+    """Sampling at temperature 0.7, the sampler returns log-probs under softmax(logits / 0.7):
+    exactly what the GRPO update recomputes at that temperature, so its first ratio is 1."""
     task, model, p = pretrained.task, pretrained.fresh_model(), pretrained.task.prompt_length
     prompts, _ = task.sample_prompts(jax.random.key(1), 64)
     out = generate(
@@ -93,7 +95,8 @@ def test_sampler_log_probs_equal_the_trainers_recomputed_log_probs(pretrained):
         eos_id=task.tokenizer.eos_id,
         pad_id=task.tokenizer.pad_id,
     )
-    recomputed, _ = jax.jit(score_sequences)(model, prompts, out.tokens[:, p:])
+    score = jax.jit(functools.partial(score_completions, temperature=0.7))
+    recomputed, _ = score(model, prompts, out.tokens[:, p:])
     mask = np.asarray(out.completion_mask[:, p:])
     assert mask.sum() > 0
     np.testing.assert_allclose(
@@ -265,7 +268,7 @@ def test_cli_lm_grpo_writes_metrics_summary_plot_checkpoint_and_samples(tmp_path
         eval_prompts=64,
         log_every=2,
     )
-    monkeypatch.setattr(lm, "_settings_from_args", lambda args: small)
+    monkeypatch.setattr(lm.runs, "_settings_from_args", lambda args: small)
     run_dir = tmp_path / "run"
     argv = [
         "train",

@@ -38,7 +38,7 @@ from artifex_rl import (
     REINFORCEConfig,
     REINFORCETrainer,
 )
-from artifex_rl.models.transformer import GenerationOutput
+from artifex_rl.rl.generation import Completions
 
 OBS_DIM = 3
 N_ACTIONS = 4
@@ -847,9 +847,7 @@ def _tiny_token_sampler(model, prompts, key, new_tokens=3):
         token = jax.random.categorical(sub, logits)
         log_probs.append(jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0])
         tokens = jnp.concatenate([tokens, token[:, None]], axis=1)
-    mask = jnp.concatenate([jnp.zeros((b, p)), jnp.ones((b, new_tokens))], axis=1)
-    log_probs = jnp.concatenate([jnp.zeros((b, p)), jnp.stack(log_probs, axis=1)], axis=1)
-    return GenerationOutput(tokens, mask, log_probs, jnp.full((b,), new_tokens, jnp.int32))
+    return Completions(tokens[:, p:], jnp.ones((b, new_tokens)), jnp.stack(log_probs, axis=1))
 
 
 def test_grpo_host_reward_function_returning_nan_is_rejected():

@@ -69,7 +69,15 @@ def _numpy_forward(model: TransformerLM, tokens: np.ndarray, mask: np.ndarray | 
 
     b, t = tokens.shape
     heads, dh = model.num_heads, model.head_dim
-    x = p["embed"]["embedding"][tokens] + p["pos_embed"]["embedding"][np.arange(t)][None]
+    # A real token's position is the number of real tokens before it (the array
+    # index without a mask); a padding token's is that of the last real token
+    # before it (0 if none). Padding only ever attends to itself.
+    positions = np.zeros((b, t), np.int64)
+    for i in range(b):
+        for k in range(t):
+            real_so_far = k + 1 if mask is None else int(np.sum(mask[i, : k + 1]))
+            positions[i, k] = max(real_so_far - 1, 0)
+    x = p["embed"]["embedding"][tokens] + p["pos_embed"]["embedding"][positions]
     for blk in p["blocks"].values():
         qkv = linear(layer_norm(x, blk["norm1"]), blk["qkv"]).reshape(b, t, 3, heads, dh)
         att = np.zeros((b, t, heads, dh))
@@ -170,17 +178,26 @@ def test_cache_sampler_equals_recompute_sampler(model, name):
     assert cached.tokens.shape == (B, P + N)
     np.testing.assert_array_equal(cached.tokens[:, :P], prompts)
 
-    # The policy log-probs (temperature 1, no top-k) are what a trainer recomputes.
+    # The log-probs are the sampling distribution's, softmax(top_k(logits) / T),
+    # computed here in numpy from the full forward: what a trainer that scores
+    # with the sampler's temperature recomputes.
     logits = _logits(model, cached.tokens)
-    recomputed = token_log_probs(logits, cached.tokens) * cached.completion_mask
-    np.testing.assert_allclose(cached.log_probs, recomputed, atol=1e-5)
+    pred = np.asarray(logits, np.float64)[:, P - 1 : -1] / settings["temperature"]
+    if "top_k" in settings:
+        kth = np.sort(pred, axis=-1)[..., -settings["top_k"]][..., None]
+        pred = np.where(pred >= kth, pred, -np.inf)
+    log_softmax = pred - pred.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    sampled = np.asarray(cached.tokens)[:, P:]
+    expected = np.take_along_axis(log_softmax, sampled[..., None], -1)[..., 0]
+    live = np.asarray(cached.completion_mask)[:, P:] > 0
+    np.testing.assert_allclose(np.asarray(cached.log_probs)[:, P:][live], expected[live], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(cached.log_probs)[:, P:][~live], 0.0)
 
     if "top_k" in settings:
         # Every sampled token ranks within the top k of its (policy) logits.
         pred = np.asarray(logits)[:, P - 1 : -1]
-        sampled = np.asarray(cached.tokens)[:, P:]
         rank = (pred > np.take_along_axis(pred, sampled[..., None], -1)).sum(-1)
-        live = np.asarray(cached.completion_mask)[:, P:] > 0
         assert rank[live].max() < settings["top_k"]
 
 

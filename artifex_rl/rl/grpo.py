@@ -25,13 +25,25 @@ Two ways to feed it:
   ``policy="categorical"``/``"gaussian"`` everything is per sample ``(B,)``.
 * **Online**: ``train_step(batch, reward_fn, key)`` (or a ``reward_fn`` given
   to the constructor, for ``fit``) where ``batch`` holds prompts
-  ``observations (num_prompts, P)`` and optional ``conditions`` (what the
-  reward needs, e.g. targets, leading axis ``num_prompts``). Each prompt is
-  repeated ``G`` times, completions are sampled with the current policy,
-  scored by ``reward_fn(completions, conditions, completion_mask=...)``, and
-  updated on -- all inside one compiled call when ``reward_fn`` is jittable;
-  otherwise rewards are computed on the host between a compiled sampling
-  call and the compiled update.
+  ``observations (num_prompts, P)``, optional ``prompt_mask (num_prompts, P)``
+  and optional ``conditions`` (what the reward needs, e.g. targets, leading
+  axis ``num_prompts``). Each prompt is repeated ``G`` times, completions are
+  sampled with the current policy by ``sample_fn`` and scored by
+  ``reward_fn(completions, conditions, completion_mask=...)``
+  (:func:`artifex_rl.rl.generation.sample_and_score`), and updated on -- all
+  inside one compiled call when ``reward_fn`` is jittable. Whether it is, is
+  decided once per reward function by tracing the reward alone
+  (``jax.eval_shape``); if it is not, rewards are computed on the host
+  between a compiled sampling call and the compiled update, one step per
+  call (``train_steps``/``fit`` with ``steps_per_execution > 1`` included).
+
+**Sampling temperature** (``config.temperature``, TRL's convention): token
+policies are scored under ``log_softmax(logits / temperature)`` -- the
+trained log-probs, the old ones when the batch has none and the reference's
+-- the distribution the sampler draws from, so the update optimises the
+policy that generated the data (the first ratio is exactly 1). ``top_k``
+truncation is rejected: the update would optimise a distribution the
+sampler never draws from.
 
 The KL penalty uses ``ref_log_probs`` from the batch, else the frozen
 reference model (by default a copy of the policy at construction when
@@ -53,11 +65,21 @@ from flax import nnx
 
 from artifex_rl.batches import canonical, check_shape, require
 from artifex_rl.core.rng import HOST_SAMPLE, stream_key
-from artifex_rl.distributions import PolicyHead, score_sequences
+from artifex_rl.core.snapshot import PolicySnapshot
+from artifex_rl.distributions import PolicyHead
 from artifex_rl.events import Callback
-from artifex_rl.rewards import validate_rewards
 from artifex_rl.rl.base import REFERENCE, RLTrainer
 from artifex_rl.rl.configs import GRPOConfig
+from artifex_rl.rl.generation import (
+    Completions,
+    RewardNotJittableError,
+    SampleFn,
+    ScoredCompletions,
+    sample_and_score,
+    sample_groups,
+    score_completions,
+    score_rewards,
+)
 from artifex_rl.rl.losses import (
     aggregate_token_loss,
     clipped_surrogate_metrics,
@@ -72,18 +94,6 @@ _log = logging.getLogger(__name__)
 
 
 Array = jax.Array
-#: ``sample_fn(model, prompts (B, P), key) -> object with tokens (B, P+N),
-#: completion_mask (B, P+N), log_probs (B, P+N)`` (e.g. GenerationOutput).
-SampleFn = Callable[[nnx.Module, Array, Array], Any]
-
-# Errors raised when traced code needs a concrete value: the reward function
-# is plain Python/numpy and must run on the host instead.
-_HOST_ONLY_ERRORS = (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerArrayConversionError,
-    jax.errors.TracerBoolConversionError,
-    jax.errors.TracerIntegerConversionError,
-)
 
 
 class GRPOTrainer(RLTrainer):
@@ -97,9 +107,13 @@ class GRPOTrainer(RLTrainer):
         it is now, used when ``beta > 0`` and a batch has no
         ``ref_log_probs``; a module to use instead; ``None``: no reference
         model (KL only from ``ref_log_probs`` in the batch).
-      sample_fn: how completions are sampled online; default: the
-        KV-cache sampler of :mod:`artifex_rl.models.transformer` with the
-        config's ``max_new_tokens``/``temperature``/``top_k``/``eos_id``.
+      sample_fn: how completions are sampled online, a
+        :class:`~artifex_rl.rl.generation.SampleFn` (its log-probs must be
+        under ``logits / config.temperature``). Default: a
+        :class:`~artifex_rl.models.sampling.TokenSampler` with the config's
+        ``max_new_tokens``/``temperature``/``eos_id``/``pad_id``: the KV cache
+        when the model has the public ``DecoderLM`` methods, otherwise the
+        cache-free sampler (any causal ``model(tokens) -> logits``).
 
     Metrics: ``loss``, ``policy_loss``, ``mean_reward``, ``reward_std``,
     ``group_advantage_std``, ``frac_reward_zero_std``, ``kl`` (mean KL to the
@@ -124,106 +138,120 @@ class GRPOTrainer(RLTrainer):
         callbacks: Sequence[Callback] = (),
     ):
         super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks)
+        _check_sampling_settings(self.config)
         if reference_model == "copy":
             if self.config.beta > 0:
                 self.set_reference_model(None)
         elif reference_model is not None:
             self.set_reference_model(reference_model)
         self.reward_fn = reward_fn
-        self.sample_fn = sample_fn
-        self.reward_on_host = False
-        self._host_sampler = None
+        self.sample_fn: SampleFn = sample_fn if sample_fn is not None else _default_sampler(self.config)
+        #: Whether ``reward_fn`` runs on the host (``None``: not decided yet;
+        #: decided on the first online step by tracing the reward alone).
+        self.reward_on_host: bool | None = None
 
     # ------------------------------------------------------------ online mode
     def train_step(self, batch, reward_fn: Callable[..., Array] | None = None, key: Array | None = None):
         """One GRPO step. With ``rewards`` in ``batch``: the offline step. Without:
-        sample ``G`` completions per prompt with ``reward_fn`` (or the
-        constructor's), then update. ``key`` seeds the sampling (default: the
-        trainer's RNG stream)."""
+        sample ``G`` completions per prompt with ``sample_fn``, reward them with
+        ``reward_fn`` (or the constructor's), then update. ``key`` seeds the
+        sampling (default: the trainer's RNG stream); the step number is folded
+        into it, so a loop that passes the same key every step still draws
+        fresh completions."""
         if reward_fn is not None and reward_fn is not self.reward_fn:
-            self.reward_fn = reward_fn
-            self._recompile()
+            self._set_reward_fn(reward_fn)
         if "rewards" in batch:
             return super().train_step(batch)
+        batch = self._online_batch(batch)
+        if key is not None:
+            batch["sample_key"] = jax.random.fold_in(key, self.global_step)
+        if not self.reward_on_host:
+            try:
+                metrics = super().train_step(batch)
+            except RewardNotJittableError as err:
+                self._use_host_rewards(err)
+            else:
+                self.reward_on_host = False
+                return metrics
+        return self._host_reward_step(batch)
+
+    def train_steps(self, batches: Sequence[Any]):
+        """``len(batches)`` steps in one compiled call, as :meth:`Trainer.train_steps`.
+
+        Online batches with a reward that runs on the host take one step per
+        batch instead (sampling must see the latest parameters); the metrics
+        are stacked the same way.
+        """
+        batches = list(batches)
+        if all("rewards" in b for b in batches):
+            return super().train_steps(batches)
+        self._require_reward_fn()
+        if not self.reward_on_host:
+            try:
+                return super().train_steps(batches)
+            except RewardNotJittableError as err:
+                self._use_host_rewards(err)
+        metrics = [self.train_step(b) for b in batches]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+    def _require_reward_fn(self) -> None:
         if self.reward_fn is None:
             raise ValueError(
                 "GRPOTrainer: the batch has no 'rewards' and no reward_fn was given; pass "
                 "train_step(batch, reward_fn, key), GRPOTrainer(..., reward_fn=...), or a batch with rewards"
             )
+
+    def _online_batch(self, batch) -> dict[str, Any]:
+        self._require_reward_fn()
         batch = canonical(batch)
         require(batch, ["observations"], type(self).__name__)
-        if key is not None:
-            batch["sample_key"] = key
-        if self.reward_on_host:
-            return self._host_reward_step(batch)
-        try:
-            return super().train_step(batch)
-        except _HOST_ONLY_ERRORS as err:
-            _log.warning(
-                "reward_fn %r cannot be traced by jax (%s); computing rewards on the host "
-                "between compiled sampling and update calls",
-                self.reward_fn,
-                type(err).__name__,
-            )
-            self.reward_on_host = True
-            self._recompile()
-            return self._host_reward_step(batch)
+        return batch
 
-    def _recompile(self) -> None:
-        self.recompile()
-
-    def _sampler(self) -> SampleFn:
-        if self.sample_fn is not None:
-            return self.sample_fn
-        from artifex_rl.models.transformer import sample_with_cache
-
-        cfg = self.config
-        return functools.partial(
-            sample_with_cache,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            eos_id=cfg.eos_id,
-            pad_id=cfg.pad_id,
+    def _use_host_rewards(self, err: Exception) -> None:
+        _log.warning(
+            "reward_fn %r cannot be traced by jax; computing rewards on the host between compiled "
+            "sampling and update calls (%s)", self.reward_fn, err,
         )
+        self.reward_on_host = True
 
-    def _generate(self, model, prompts, conditions, key, group_size):
-        """Repeat each prompt ``group_size`` times and sample one completion per copy."""
-        prompts = jnp.repeat(prompts, group_size, axis=0)
-        conditions = jax.tree.map(lambda c: jnp.repeat(c, group_size, axis=0), conditions)
-        out = self._sampler()(model, prompts, key)
-        p = prompts.shape[1]
-        return prompts, conditions, out.tokens[:, p:], out.completion_mask[:, p:], out.log_probs[:, p:]
+    def _set_reward_fn(self, reward_fn: Callable[..., Array]) -> None:
+        """Use ``reward_fn`` from now on: every compiled program traced with the old one is dropped."""
+        self.reward_fn = reward_fn
+        self.reward_on_host = None
+        # The compiled entry points read self.reward_fn while tracing, so each of
+        # them (one step, fused steps, device-source steps) must retrace.
+        # TODO(lead): call the runner's own invalidation once the trainer has one.
+        clear = getattr(self, "clear_compiled", None)
+        if callable(clear):
+            clear()
+            return
+        for value in vars(self).values():
+            if callable(getattr(value, "clear_cache", None)) and hasattr(value, "lower"):
+                value.clear_cache()
 
-    def _host_reward_step(self, batch):
-        group_size = int(batch.get("group_size", self.config.num_generations))
+    def _policy_snapshot(self) -> PolicySnapshot:
+        return self.policy_snapshot()
+
+    def _host_reward_step(self, batch: dict[str, Any]):
+        """Compiled sampling, rewards on the host, then the compiled offline update."""
+        group_size = _group_size(batch, self.config, type(self).__name__)
         self.resolve_policy(tokens=True)
-        if self._host_sampler is None:
-
-            def sample(params, model_state, prompts, conditions, key):
-                model = nnx.merge(self.graphdef, params, model_state)
-                return self._generate(model, prompts, conditions, key, group_size)
-
-            self._host_sampler = jax.jit(sample)
         key = batch.get("sample_key")
         if key is None:
             # A stream of its own, derived like the step's: (seed key, step).
             key = stream_key(self.train_state["rng"], HOST_SAMPLE, self.global_step)
-        prompts, conditions, completions, mask, log_probs = self._host_sampler(
-            self.train_state["params"]["model"], self.train_state["model_state"]["model"], batch["observations"],
-            batch.get("conditions"), key,
+        policy = self._policy_snapshot()
+        prompts, prompt_mask, completions = _compiled_sample_groups(
+            policy.graphdef, self.sample_fn, group_size, policy.params, policy.model_state,
+            batch["observations"], batch.get("prompt_mask"), key,
         )
-        rewards = self.reward_fn(np.asarray(completions), conditions, completion_mask=np.asarray(mask))
-        rewards = validate_rewards(rewards, completions.shape[0], self.reward_fn)
-        offline = {
-            "observations": prompts,
-            "actions": completions,
-            "completion_mask": mask,
-            "log_probs": log_probs,
-            "rewards": rewards,
-            "group_size": group_size,
-        }
-        return super().train_step(offline)
+        host = Completions(*jax.device_get(tuple(completions)))
+        conditions = jax.tree.map(lambda c: np.repeat(np.asarray(c), group_size, axis=0), batch.get("conditions"))
+        rewards = score_rewards(self.reward_fn, host, conditions)
+        scored = ScoredCompletions(prompts, prompt_mask, conditions, completions, rewards)
+        metrics = super().train_step({**scored.as_batch(), "group_size": group_size})
+        self.last_outputs = _online_outputs(scored)
+        return metrics
 
     # ---------------------------------------------------------- the step
     def update_schedule(self) -> tuple[int, int]:
@@ -232,26 +260,20 @@ class GRPOTrainer(RLTrainer):
     def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
         batch = canonical(batch)
         who = type(self).__name__
-        group_size = batch.get("group_size", self.config.num_generations)
-        if not isinstance(group_size, int):
-            raise TypeError(f"{who}: batch['group_size'] must be a Python int, got {type(group_size).__name__}")
+        group_size = _group_size(batch, self.config, who)
         outputs = {}
         self.resolve_policy(batch.get("actions"), tokens="rewards" not in batch)
         if "rewards" not in batch:  # online: sample and score inside this compiled step
-            key = batch.get("sample_key", rng)
-            prompts, conditions, completions, mask, log_probs = self._generate(
-                model, batch["observations"], batch.get("conditions"), key, group_size
+            self._require_reward_fn()
+            # A reward that needs concrete values raises RewardNotJittableError
+            # here (decided by tracing the reward alone); train_step/train_steps
+            # then take the host-reward path.
+            scored = sample_and_score(
+                self.sample_fn, self.reward_fn, model, batch["observations"], batch.get("conditions"),
+                batch.get("sample_key", rng), group_size, prompt_mask=batch.get("prompt_mask"),
             )
-            rewards = self.reward_fn(completions, conditions, completion_mask=mask)
-            rewards = validate_rewards(rewards, completions.shape[0], self.reward_fn)
-            batch = {
-                "observations": prompts,
-                "actions": completions,
-                "completion_mask": mask,
-                "log_probs": log_probs,
-                "rewards": rewards,
-            }
-            outputs = {"completions": completions, "completion_mask": mask, "rewards": rewards}
+            batch = scored.as_batch()
+            outputs = _online_outputs(scored)
 
         require(batch, ["observations", "actions", "rewards"], who)
         rewards = jnp.asarray(batch["rewards"], jnp.float32)
@@ -276,9 +298,12 @@ class GRPOTrainer(RLTrainer):
         advantages, group_metrics = compute_group_advantages(
             rewards, group_size, self.config.scale_rewards
         )
+        prompt_mask = batch.get("prompt_mask")
+        if prompt_mask is not None:
+            check_shape("prompt_mask", prompt_mask, obs.shape, who)
         old_log_probs = batch.get("log_probs")
         if old_log_probs is None:
-            old_log_probs = self._log_probs(model, obs, actions)
+            old_log_probs = self._log_probs(model, obs, actions, prompt_mask)
         check_shape("log_probs", old_log_probs, per_sample, who)
 
         real = mask.reshape(per_sample) > 0
@@ -295,11 +320,13 @@ class GRPOTrainer(RLTrainer):
             "advantages": advantages,
             "old_log_probs": valid_only(old_log_probs),
         }
+        if prompt_mask is not None:
+            prepared["prompt_mask"] = prompt_mask
         if "ref_log_probs" in batch:
             check_shape("ref_log_probs", batch["ref_log_probs"], per_sample, who)
             prepared["ref_log_probs"] = valid_only(batch["ref_log_probs"])
         elif self.config.beta > 0 and REFERENCE in frozen:
-            prepared["ref_log_probs"] = valid_only(self._log_probs(frozen[REFERENCE], obs, actions))
+            prepared["ref_log_probs"] = valid_only(self._log_probs(frozen[REFERENCE], obs, actions, prompt_mask))
         elif self.config.beta > 0:
             raise ValueError(
                 f"{who}: beta={self.config.beta} > 0 asks for a KL penalty, but there is no reference: "
@@ -320,16 +347,25 @@ class GRPOTrainer(RLTrainer):
         prepared["outputs"] = outputs
         return prepared
 
-    def _log_probs(self, model, obs, actions) -> Array:
+    def _score_tokens(self, model, prompts, completions, prompt_mask=None) -> tuple[Array, Array]:
+        """Token log-probs and entropies under the sampling distribution ``logits / temperature``
+        (C-M6: the distribution the online sampler draws from)."""
+        return score_completions(
+            model, prompts, completions, temperature=self.config.temperature, prompt_mask=prompt_mask
+        )
+
+    def _log_probs(self, model, obs, actions, prompt_mask=None) -> Array:
         if self.is_token_policy:
-            return jax.lax.stop_gradient(score_sequences(model, obs, actions)[0])
+            return jax.lax.stop_gradient(self._score_tokens(model, obs, actions, prompt_mask)[0])
         return jax.lax.stop_gradient(self.policy.log_prob(model(obs), actions))
 
     def compute_loss(self, model, batch, rng):
         cfg = self.config
         mask = batch["completion_mask"]
         if self.is_token_policy:
-            log_probs, entropy = score_sequences(model, batch["observations"], batch["actions"])
+            log_probs, entropy = self._score_tokens(
+                model, batch["observations"], batch["actions"], batch.get("prompt_mask")
+            )
         else:
             output = model(batch["observations"])
             # One "token" per sample, so the token aggregations reduce to a batch mean.
@@ -358,3 +394,57 @@ class GRPOTrainer(RLTrainer):
             "kl_penalty": cfg.beta * kl,
             **diagnostics,
         }
+
+
+# --------------------------------------------------------------------------- #
+# Online sampling helpers
+# --------------------------------------------------------------------------- #
+def _check_sampling_settings(config: GRPOConfig) -> None:
+    """C-M6: GRPO optimises ``softmax(logits / temperature)``; it must be the sampling distribution."""
+    if config.temperature <= 0:
+        raise ValueError(
+            f"GRPOConfig.temperature must be > 0, got {config.temperature}: the update scores tokens under "
+            "softmax(logits / temperature), and greedy decoding (0) samples no distribution to optimise"
+        )
+    if config.top_k is not None:
+        raise ValueError(
+            f"GRPOConfig.top_k must be None, got {config.top_k}: top-k sampling draws from a truncated "
+            "distribution that the GRPO update does not optimise (tokens outside the top k are never "
+            "reinforced); lower the temperature instead"
+        )
+
+
+def _default_sampler(config: GRPOConfig) -> SampleFn:
+    # Imported here: the reference samplers live with the models, a layer above the trainers.
+    from artifex_rl.models.sampling import TokenSampler
+
+    return TokenSampler(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        eos_id=config.eos_id,
+        pad_id=config.pad_id,
+    )
+
+
+def _group_size(batch: dict[str, Any], config: GRPOConfig, who: str) -> int:
+    group_size = batch.get("group_size", config.num_generations)
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise TypeError(f"{who}: batch['group_size'] must be a Python int >= 1, got {group_size!r}")
+    return group_size
+
+
+def _online_outputs(scored: ScoredCompletions) -> dict[str, Array]:
+    """What an online step keeps in ``trainer.last_outputs`` (the sample tables read it)."""
+    return {
+        "completions": scored.completions.tokens,
+        "completion_mask": scored.completions.completion_mask,
+        "rewards": scored.rewards,
+    }
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _compiled_sample_groups(graphdef, sample_fn, group_size, params, model_state, prompts, prompt_mask, key):
+    """The host-reward path's sampling call; ``group_size`` is part of the compile key (C-L3)."""
+    model = nnx.merge(graphdef, params, model_state)
+    return sample_groups(sample_fn, model, prompts, key, group_size, prompt_mask=prompt_mask)
