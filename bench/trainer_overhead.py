@@ -50,6 +50,7 @@ from flax import nnx
 from artifex_rl import Trainer, TrainerConfig
 from artifex_rl.callbacks import CheckpointConfig, MetricsLogger, ModelCheckpoint, ProgressBarCallback
 from artifex_rl.checkpointing import TrainerCheckpointer
+from artifex_rl.core.runner import split_batch
 
 IN_DIM, HIDDEN, BATCH, N_BATCHES = 16, 64, 64, 50
 
@@ -180,17 +181,11 @@ def core_breakdown(batches, steps: int, reps: int) -> None:
     def compiled_step_only() -> float:
         start = time.perf_counter()
         for i in range(steps):
-            arrays, static = trainer._split_batch(batches[i % N_BATCHES])
-            trainer.train_state, _, _ = trainer._step_fn(
-                trainer.train_state, trainer._frozen_states, arrays, static
+            arrays, static = split_batch(batches[i % N_BATCHES])
+            trainer.train_state, _, _ = trainer._compiled_fns()["step"](
+                trainer.train_state, trainer.frozen_states, arrays, static
             )
         jax.block_until_ready(trainer.train_state)
-        return (time.perf_counter() - start) / steps
-
-    def sync_model() -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer._sync_model()
         return (time.perf_counter() - start) / steps
 
     ready = [trainer.train_step(batches[0]) for _ in range(10)]
@@ -199,8 +194,10 @@ def core_breakdown(batches, steps: int, reps: int) -> None:
     def flush_metrics() -> float:  # per step, metrics already computed (no waiting on the device)
         start = time.perf_counter()
         for _ in range(steps // 10):
-            trainer._metric_buffer = list(ready)
-            trainer._flush_metrics()
+            for m in ready:
+                trainer.metrics.add(m)
+            trainer.metrics.close_interval(trainer.global_step)
+            trainer.metrics.take_pending()
         return (time.perf_counter() - start) / steps
 
     variants = {
@@ -209,9 +206,8 @@ def core_breakdown(batches, steps: int, reps: int) -> None:
         "  + grad_norm as one fused reduction": make_baseline(batches, _norm_fused),
     }
     rows = {name: _median_us(lambda run=run: run(steps) / steps, reps) for name, run in variants.items()}
-    rows["Trainer._step_fn alone (compiled step + dispatch)"] = _median_us(compiled_step_only, reps)
-    rows["Trainer._sync_model alone (per step)"] = _median_us(sync_model, reps)
-    rows["Trainer._flush_metrics alone (per step, values ready)"] = _median_us(flush_metrics, reps)
+    rows["the compiled step alone (step + dispatch)"] = _median_us(compiled_step_only, reps)
+    rows["the metric aggregator alone (per step, values ready)"] = _median_us(flush_metrics, reps)
     print("core breakdown (median us per step):")
     for name, us in rows.items():
         print(f"  {name:55s} {us:8.1f}")
