@@ -1,5 +1,9 @@
 """The :class:`Trainer`: a facade over the core, the fit loop and checkpoints.
 
+Long because it is the one place that documents every extension point a
+subclass overrides (their docstrings are the API reference); the work itself
+lives in ``core/``, ``loop/`` and ``checkpoint/``.
+
 A trainer owns named ``(model, optimizer)`` pairs (one, ``"model"``, by
 default), the compiled step and the event bus. Its extension points are the
 methods an algorithm overrides: :meth:`compute_loss` (always),

@@ -1,5 +1,9 @@
 """Orbax reads and writes of checkpoint directories; no ``Trainer`` here.
 
+Long because it holds the whole orbax surface (bundle writes with their
+writer thread, reads with shape checks, and the model-only restore); each
+part is small.
+
 A checkpoint is one directory written by an orbax ``Checkpointer`` with a
 ``CompositeCheckpointHandler``::
 
