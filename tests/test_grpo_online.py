@@ -56,14 +56,16 @@ def test_a_users_own_lm_trains_online_with_the_default_sampler():
     assert trainer.last_outputs["completions"].shape == (12, 4)
 
 
-def test_online_grpo_at_temperature_07_starts_on_policy():
-    """The KV-cache sampler's log-probs and the update's scores share softmax(logits / 0.7)."""
+def test_online_grpo_at_temperature_07_with_left_padded_prompts_starts_on_policy():
+    """The KV-cache sampler's log-probs and the update's scores share softmax(logits / 0.7)
+    and the prompt mask."""
     model = TransformerLM(VOCAB, 8, d_model=16, num_layers=1, num_heads=2, rngs=nnx.Rngs(1))
     config = GRPOConfig(num_generations=4, max_new_tokens=4, eos_id=EOS, temperature=0.7, beta=0.04)
     trainer = GRPOTrainer(model, optax.sgd(0.1), config, reward_fn=_jnp_reward)
-    metrics = jax.device_get(
-        trainer.train_step({"prompts": _prompts(), "conditions": np.zeros(3, np.float32)}, key=jax.random.key(1))
-    )
+    prompts, prompt_mask = _prompts(length=3), np.ones((3, 3), np.int32)
+    prompts[0, 0] = prompt_mask[0, 0] = 0  # one left-padded prompt
+    batch = {"prompts": prompts, "prompt_mask": prompt_mask, "conditions": np.zeros(3, np.float32)}
+    metrics = jax.device_get(trainer.train_step(batch, key=jax.random.key(1)))
     assert abs(metrics["approx_kl"]) < 1e-6 and metrics["clip_fraction"] == 0.0 and abs(metrics["kl"]) < 1e-6
 
 
