@@ -20,25 +20,10 @@ from artifex_rl.rl.generation import (
     sample_and_score,
     score_completions,
 )
+from tests._lm_models import UserLM, np_log_softmax
 
 VOCAB, MAX_LEN, EOS, PAD = 12, 24, 2, 0
 B, P, N = 8, 5, 7
-
-
-class UserLM(nnx.Module):
-    """A user's own causal LM: only ``model(tokens) -> logits``; no cache, no mask, no max_len."""
-
-    def __init__(self, vocab: int = VOCAB, dim: int = 16, *, rngs: nnx.Rngs):
-        self.embed = nnx.Embed(vocab, dim, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(
-            num_heads=2, in_features=dim, qkv_features=dim, decode=False, rngs=rngs
-        )
-        self.out = nnx.Linear(dim, vocab, rngs=rngs)
-
-    def __call__(self, tokens):
-        x = self.embed(tokens)
-        x = x + self.attn(x, mask=nnx.make_causal_mask(tokens), deterministic=True)
-        return self.out(jnp.tanh(x))
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +38,6 @@ def _prompts(batch: int = B, length: int = P, seed: int = 1) -> jax.Array:
     return jax.random.randint(jax.random.key(seed), (batch, length), 3, VOCAB, jnp.int32)
 
 
-def np_log_softmax(x):
-    x = np.asarray(x, np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 @jax.jit(static_argnums=4)
 def _sample(model, prompts, key, prompt_mask, sampler):
     return sampler(model, prompts, key, prompt_mask=prompt_mask)
@@ -69,7 +48,7 @@ def _sample(model, prompts, key, prompt_mask, sampler):
 # --------------------------------------------------------------------------- #
 def test_protocol_detection(lm):
     assert isinstance(lm, DecoderLM) and supports_kv_cache(lm)
-    user = UserLM(rngs=nnx.Rngs(0))
+    user = UserLM(VOCAB, rngs=nnx.Rngs(0))
     assert not supports_kv_cache(user)
     with pytest.raises(TypeError, match=r"lacks \['vocab_size', 'max_len', 'init_cache', 'prefill', 'decode_step'\]"):
         kv_cache_sample(user, _prompts(), jax.random.key(0), max_new_tokens=N)
@@ -110,7 +89,7 @@ def test_left_padded_prompt_reads_like_the_unpadded_prompt(lm):
 
 
 def test_user_lm_without_cache_gets_the_recompute_sampler():
-    model = UserLM(rngs=nnx.Rngs(1))
+    model = UserLM(VOCAB, rngs=nnx.Rngs(1))
     sampler = TokenSampler(max_new_tokens=4, temperature=0.8)
     out = _sample(model, _prompts(), jax.random.key(0), None, sampler)
     assert isinstance(out, Completions) and out.tokens.shape == (B, 4)
@@ -129,7 +108,7 @@ def test_user_lm_without_cache_gets_the_recompute_sampler():
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("top_k", [None, 4])
 def test_score_completions_is_log_softmax_of_tempered_logits(top_k):
-    model = UserLM(rngs=nnx.Rngs(2))
+    model = UserLM(VOCAB, rngs=nnx.Rngs(2))
     rng = np.random.default_rng(0)
     prompts, completions = rng.integers(0, VOCAB, (4, 3)), rng.integers(0, VOCAB, (4, 5))
     log_probs, entropies = score_completions(

@@ -48,6 +48,11 @@ sampler never draws from.
 The KL penalty uses ``ref_log_probs`` from the batch, else the frozen
 reference model (by default a copy of the policy at construction when
 ``beta > 0``).
+
+(About 440 lines: the offline step plus the online plumbing -- the
+``train_step``/``train_steps`` overrides of the host-reward path and the
+compiled-program reset on a new reward -- which shrinks once the trainer
+offers a host-batch hook and its own cache reset.)
 """
 
 from __future__ import annotations
