@@ -147,7 +147,7 @@ class FitLoop:
                 metrics = t.train_step(chunk[0])
                 self._after_chunk(metrics, first, 1, stacked=False)
             else:
-                metrics = t.run_chunk(batches=chunk)
+                metrics = t.train_steps(chunk)  # a trainer may override it (GRPO's host rewards)
                 self._after_chunk(metrics, first, len(chunk), stacked=True)
         return yielded
 

@@ -49,7 +49,7 @@ The KL penalty uses ``ref_log_probs`` from the batch, else the frozen
 reference model (by default a copy of the policy at construction when
 ``beta > 0``).
 
-(About 440 lines: the offline step plus the online plumbing -- the
+(Long because of two modes, about 440 lines: the offline step plus the online plumbing -- the
 ``train_step``/``train_steps`` overrides of the host-reward path and the
 compiled-program reset on a new reward -- which shrinks once the trainer
 offers a host-batch hook and its own cache reset.)
@@ -70,7 +70,6 @@ from flax import nnx
 
 from artifex_rl.batches import canonical, check_shape, require
 from artifex_rl.core.rng import HOST_SAMPLE, stream_key
-from artifex_rl.core.snapshot import PolicySnapshot
 from artifex_rl.distributions import PolicyHead
 from artifex_rl.events import Callback
 from artifex_rl.rl.base import REFERENCE, RLTrainer
@@ -223,19 +222,8 @@ class GRPOTrainer(RLTrainer):
         """Use ``reward_fn`` from now on: every compiled program traced with the old one is dropped."""
         self.reward_fn = reward_fn
         self.reward_on_host = None
-        # The compiled entry points read self.reward_fn while tracing, so each of
-        # them (one step, fused steps, device-source steps) must retrace.
-        # TODO(lead): call the runner's own invalidation once the trainer has one.
-        clear = getattr(self, "clear_compiled", None)
-        if callable(clear):
-            clear()
-            return
-        for value in vars(self).values():
-            if callable(getattr(value, "clear_cache", None)) and hasattr(value, "lower"):
-                value.clear_cache()
-
-    def _policy_snapshot(self) -> PolicySnapshot:
-        return self.policy_snapshot()
+        # The compiled step and runners read self.reward_fn while tracing: drop them all.
+        self.recompile()
 
     def _host_reward_step(self, batch: dict[str, Any]):
         """Compiled sampling, rewards on the host, then the compiled offline update."""
@@ -245,7 +233,7 @@ class GRPOTrainer(RLTrainer):
         if key is None:
             # A stream of its own, derived like the step's: (seed key, step).
             key = stream_key(self.train_state["rng"], HOST_SAMPLE, self.global_step)
-        policy = self._policy_snapshot()
+        policy = self.policy_snapshot()
         prompts, prompt_mask, completions = _compiled_sample_groups(
             policy.graphdef, self.sample_fn, group_size, policy.params, policy.model_state,
             batch["observations"], batch.get("prompt_mask"), key,
