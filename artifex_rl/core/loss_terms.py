@@ -49,3 +49,8 @@ def as_terms(loss) -> tuple[LossTerm, ...]:
 def terms_value(terms: tuple[LossTerm, ...]) -> Array:
     """``sum_i total_i / max(count_i, 1)``: the scalar the terms stand for."""
     return sum(t.total / jnp.maximum(jnp.asarray(t.count, jnp.float32), 1.0) for t in terms)
+
+
+def loss_value(loss) -> Array:
+    """The scalar a ``compute_loss`` result stands for (a scalar, a LossTerm or a tuple of them)."""
+    return terms_value(as_terms(loss))
