@@ -6,6 +6,7 @@ from artifex_rl.callbacks.metrics_logger import MetricsLogger
 from artifex_rl.callbacks.profiler import DeviceMemoryMonitor, JAXProfiler, ProfilingConfig
 from artifex_rl.callbacks.progress import ProgressBarCallback
 from artifex_rl.callbacks.samples import SampleTableLogger
+from artifex_rl.callbacks.tensorboard import TensorBoardLogger
 from artifex_rl.callbacks.throughput import Throughput
 from artifex_rl.callbacks.wandb_logger import WandbLoggerCallback, WandbLoggerConfig
 from artifex_rl.events import Callback, CallbackList
@@ -22,6 +23,7 @@ __all__ = [
     "ProfilingConfig",
     "ProgressBarCallback",
     "SampleTableLogger",
+    "TensorBoardLogger",
     "Throughput",
     "WandbLoggerCallback",
     "WandbLoggerConfig",
