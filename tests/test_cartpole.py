@@ -66,6 +66,9 @@ def test_cli_writes_metrics_summary_plot_and_checkpoint(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"final_episode_return", "total_env_steps", "wall_seconds", "compile_seconds", "sps"} <= set(summary)
     assert summary["total_env_steps"] == 40 * 512
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["command"].startswith("artifex-rl train cartpole-ppo --total-timesteps 20480")
+    assert config["trainer"]["class"] == "PPOTrainer" and config["run"]["env"] == "CartPole-v1"
     assert list(run_dir.glob("*.png")), "no learning-curve plot"
     assert (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
 

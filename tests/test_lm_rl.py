@@ -291,6 +291,10 @@ def test_cli_lm_grpo_writes_metrics_summary_plot_checkpoint_and_samples(tmp_path
     assert {"initial_mean_reward", "final_mean_reward", "wall_seconds"} <= set(summary)
     assert 0.0 <= summary["final_mean_reward"] <= 1.0 and summary["wall_seconds"] > 0
     assert summary["pretrain_cached"] is False and summary["rl_steps"] == 4
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["command"] == "artifex-rl " + " ".join(argv)
+    assert config["trainer"]["class"] == "GRPOTrainer" and config["trainer"]["policy"] == "tokens"
+    assert config["run"]["grpo"]["steps"] == 4
     assert os.path.exists(run_dir / "metrics.png")
     assert os.path.exists(run_dir / "samples.jsonl")
     assert os.path.exists(run_dir / "pretrained" / "settings.json")

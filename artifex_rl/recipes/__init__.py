@@ -4,22 +4,82 @@ A recipe is a function ``run(args: argparse.Namespace) -> dict`` that builds a
 model, a trainer and a data source, fits, and writes its run directory (see
 :mod:`artifex_rl.recipes.common`). Recipes are imported lazily so that the CLI
 starts fast and an environment recipe does not import the language-model code.
+
+:data:`RECIPE_INFO` says, for each recipe, what it trains and which
+command-line options it reads; the CLI refuses any other option rather than
+ignore it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from typing import Any
 
-RECIPES: dict[str, str] = {
-    "cartpole-ppo": "artifex_rl.recipes.cartpole:run_ppo",
-    "cartpole-reinforce": "artifex_rl.recipes.cartpole:run_reinforce",
-    "pendulum-ppo": "artifex_rl.recipes.cartpole:run_pendulum_ppo",
-    "lm-grpo": "artifex_rl.recipes.lm:run_grpo",
-    "lm-dpo": "artifex_rl.recipes.lm:run_dpo",
-    "lm-reinforce": "artifex_rl.recipes.lm:run_reinforce",
+#: Options every recipe reads (the run directory, the seed, the loggers).
+COMMON_OPTIONS = frozenset({"run_dir", "seed", "wandb_mode", "wandb_project", "no_progress", "tensorboard"})
+
+#: Options of PPO and REINFORCE on an environment (the keys are the settings they set).
+ENV_OPTIONS = frozenset({
+    "total_timesteps", "num_envs", "num_steps", "learning_rate", "anneal_lr", "hidden", "activation",
+    "gamma", "entropy_coeff", "max_grad_norm", "log_every", "steps_per_execution",
+})
+#: Options only PPO reads.
+PPO_OPTIONS = frozenset({"gae_lambda", "clip_param", "vf_coeff", "update_epochs", "num_minibatches"})
+#: Options of the language-model recipes.
+LM_OPTIONS = frozenset({"steps", "task", "log_every"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeInfo:
+    """A recipe: ``target`` (``"module:function"``), a one-line description, the options it reads."""
+
+    target: str
+    description: str
+    options: frozenset[str]
+
+
+RECIPE_INFO: dict[str, RecipeInfo] = {
+    "ppo": RecipeInfo(
+        "artifex_rl.recipes.env_runs:run_ppo_env",
+        "PPO on any gymnax environment (--env NAME), with the environment family's published defaults",
+        ENV_OPTIONS | PPO_OPTIONS | {"env"},
+    ),
+    "reinforce": RecipeInfo(
+        "artifex_rl.recipes.env_runs:run_reinforce_env",
+        "REINFORCE on any gymnax environment (--env NAME)",
+        ENV_OPTIONS | {"env"},
+    ),
+    "cartpole-ppo": RecipeInfo(
+        "artifex_rl.recipes.cartpole:run_ppo", "PPO on CartPole-v1 (= ppo --env CartPole-v1)",
+        ENV_OPTIONS | PPO_OPTIONS,
+    ),
+    "cartpole-reinforce": RecipeInfo(
+        "artifex_rl.recipes.cartpole:run_reinforce", "REINFORCE on CartPole-v1 (= reinforce --env CartPole-v1)",
+        ENV_OPTIONS,
+    ),
+    "pendulum-ppo": RecipeInfo(
+        "artifex_rl.recipes.cartpole:run_pendulum_ppo",
+        "PPO with a Gaussian policy on Pendulum-v1 (this repository's preset)",
+        ENV_OPTIONS | PPO_OPTIONS,
+    ),
+    "lm-grpo": RecipeInfo(
+        "artifex_rl.recipes.lm:run_grpo",
+        "pre-train a tiny LM on a digit task, then online GRPO", LM_OPTIONS,
+    ),
+    "lm-dpo": RecipeInfo(
+        "artifex_rl.recipes.lm:run_dpo",
+        "pre-train a tiny LM on a digit task, then DPO on its own preference pairs", LM_OPTIONS,
+    ),
+    "lm-reinforce": RecipeInfo(
+        "artifex_rl.recipes.lm:run_reinforce",
+        "pre-train a tiny LM on a digit task, then REINFORCE on fresh completions", LM_OPTIONS,
+    ),
 }
+
+#: ``name -> "module:function"`` (kept for code that reads the registry this way).
+RECIPES: dict[str, str] = {name: info.target for name, info in RECIPE_INFO.items()}
 
 
 def load_recipe(name: str) -> Callable[[Any], dict]:
