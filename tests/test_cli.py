@@ -211,6 +211,8 @@ def test_reinforce_on_pendulum_reports_no_meaningless_sps(tmp_path):
     assert summary["total_env_steps"] == 256
     # Both iterations ran inside the first (compiling) call.
     assert summary["sps"] is None and "first compiled call" in summary["sps_unavailable"]
+    # 128 steps per env, Pendulum's episodes last 200: no return to report, and it says so.
+    assert summary["final_episode_return"] is None and "no episode finished" in summary["final_episode_return_unavailable"]
 
 
 def test_ppo_on_breakout_minatar_flattens_the_image_observations(tmp_path):

@@ -99,6 +99,22 @@ class CompileTimer(Callback):
             self.steps_at_compile = trainer.global_step
 
 
+class LastLogged(Callback):
+    """The last logged value of one metric and its step (a metric may be absent from some logs:
+    ``episode_return`` is, in intervals where no episode finished)."""
+
+    log_may_lag = True  # only records
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.value: float | None = None
+        self.step: int | None = None
+
+    def on_log(self, trainer, metrics, step) -> None:
+        if self.key in metrics:
+            self.value, self.step = float(metrics[self.key]), int(step)
+
+
 def _optimizer(settings: EnvRunSettings, updates_per_iteration: int) -> optax.GradientTransformation:
     lr: Any = settings.learning_rate
     if settings.anneal_lr:
@@ -175,7 +191,8 @@ def train(
     ``None`` and ``sps_unavailable`` says why.
     """
     timer = CompileTimer()
-    callbacks = [timer, Throughput(settings.steps_per_iteration, "env_steps"), *extra_callbacks]
+    last_return = LastLogged("episode_return")
+    callbacks = [timer, Throughput(settings.steps_per_iteration, "env_steps"), last_return, *extra_callbacks]
     start = time.perf_counter()
     trainer.fit(source, max_steps=settings.iterations, max_epochs=None, callbacks=callbacks)
     jax.block_until_ready(trainer.train_state)
@@ -184,7 +201,9 @@ def train(
     measured_steps = total_steps - timer.steps_at_compile * settings.steps_per_iteration
     summary: dict[str, Any] = {
         "env": settings.env_name,
-        "final_episode_return": trainer.callback_metrics.get("episode_return"),
+        # The last logged mean return of the episodes that finished in a logging interval.
+        "final_episode_return": last_return.value,
+        "final_episode_return_step": last_return.step,
         "total_env_steps": total_steps,
         "wall_seconds": wall,
         "compile_seconds": timer.compile_seconds,
@@ -199,8 +218,8 @@ def train(
             f"(steps_per_execution={trainer.config.steps_per_execution}), whose time is mostly "
             "compilation; train longer for a steady-state figure"
         )
-    if summary["final_episode_return"] is None:
-        summary["final_episode_return_unavailable"] = "no episode finished during the last logging interval"
+    if last_return.value is None:
+        summary["final_episode_return_unavailable"] = "no episode finished during training"
     return summary
 
 
