@@ -86,6 +86,7 @@ class StepConfig:
     max_grad_norm: float | None = None
     log_grad_norm: bool = False
     scan_unroll: int | bool = 1
+    check_finite: bool = True
 
 
 def leading_dims(tree: Any) -> dict[str, int | None]:
@@ -132,6 +133,13 @@ def _weighted_mean(metrics: Any, weights: Array) -> Any:
         return jnp.where(total > 0, weighted, jnp.mean(x, axis=axes)).astype(x.dtype)
 
     return jax.tree.map(one, metrics)
+
+
+def _all_finite(tree: Any) -> Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    if not leaves:
+        return jnp.array(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def make_step_fn(
@@ -328,6 +336,17 @@ def make_step_fn(
         )
         if algorithm.after_update is not None:
             extra = algorithm.after_update(extra, params, model_state)
+        if config.check_finite:
+            # A step with a non-finite loss or new parameters applies none of its
+            # updates: the state stays the one before the step (optax.apply_if_finite's
+            # rule, for the whole step and every optimizer at once).
+            finite = _all_finite((params, {k: v for k, v in metrics.items() if "loss" in k}))
+            params, model_state, opt_state, extra = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old),
+                (params, model_state, opt_state, extra),
+                (state["params"], state["model_state"], state["opt_state"], state["extra"]),
+            )
+            metrics = {**metrics, "skipped_step": 1.0 - finite.astype(jnp.float32)}
         new_state = {
             "params": params,
             "model_state": model_state,

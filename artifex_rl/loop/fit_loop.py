@@ -19,6 +19,8 @@ end, so logging and stopping land on the same steps whatever K is.
 from __future__ import annotations
 
 import itertools
+import signal
+import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,42 @@ class StepView(Mapping):
         return len(self._stacked)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived during ``fit``; raised once the running chunk has finished.
+
+    Callbacks see it in ``on_exception`` (the state is consistent: a checkpoint
+    callback saves it), then ``on_train_end`` runs, then it propagates.
+    """
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"training interrupted by signal {signum} after step {step}")
+        self.signum, self.step = signum, step
+
+
+class _SignalCatcher:
+    """Turns SIGINT/SIGTERM into a flag while installed (main thread only); a second one is the default."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalCatcher:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for sig, handler in self._previous.items():  # a second signal acts at once
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 class FitLoop:
     """Runs ``trainer`` over ``dataloader`` until a stop condition holds."""
 
@@ -55,6 +93,7 @@ class FitLoop:
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.fuse_source = self._can_fuse_source(dataloader)
+        self.signals = _SignalCatcher()
         k = trainer.config.steps_per_execution
         if k > 1 and not self.fuse_source and getattr(dataloader, "depends_on_policy", False):
             raise ValueError(
@@ -75,6 +114,8 @@ class FitLoop:
     # ------------------------------------------------------------------ #
     def finished(self) -> bool:
         t = self.trainer
+        if self.signals.signum is not None:
+            raise TrainingInterrupted(self.signals.signum, t.global_step)
         return (
             t.should_stop
             or (self.max_steps is not None and t.global_step >= self.max_steps)
@@ -83,9 +124,10 @@ class FitLoop:
 
     def run(self) -> None:
         t = self.trainer
-        t.callbacks.dispatch("on_train_begin", t)
-        while not self.finished():
-            self.run_epoch()
+        with self.signals:
+            t.callbacks.dispatch("on_train_begin", t)
+            while not self.finished():
+                self.run_epoch()
         t.emit_log(force=True)
         t.callbacks.dispatch("on_train_end", t)
 
