@@ -113,7 +113,6 @@ class Trainer:
             self.slots[name], params[name], model_state[name] = core_state.split_model(module, wrt)
             self.txs[name], self._nnx_optimizers[name] = tx, nnx_opt
             opt_state[name] = core_state.initial_opt_state(tx, params[name], nnx_opt)
-        self._views = core_state.ModelViews(models, self.slots)
         self.train_state: dict[str, Any] = {
             "params": params,
             "model_state": model_state,
@@ -122,6 +121,7 @@ class Trainer:
             "rng": jax.random.PRNGKey(config.seed),
             "step": jnp.zeros((), jnp.int32),
         }
+        self._views = core_state.ModelViews(models, self.slots, self.train_state)
         self.train_state["extra"] = self.init_extra_state()
         # Frozen models (a reference policy): passed to the step, never donated,
         # never differentiated, saved with every checkpoint.
@@ -370,6 +370,8 @@ class Trainer:
     def _after_steps(self, n: int) -> None:
         self.global_step += n
         self._views.mark_stale(self.train_state)
+        if not self.fitting:  # a hand-written loop: the user's model object stays current
+            self._views.refresh()
 
     # ------------------------------------------------------------------ #
     # The loop
