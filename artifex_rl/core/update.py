@@ -136,10 +136,12 @@ def _weighted_mean(metrics: Any, weights: Array) -> Any:
 
 
 def _all_finite(tree: Any) -> Array:
+    """Whether every float leaf is finite: the sum of all entries is finite iff no NaN/inf is in it
+    (short of a float overflow of the sum itself, which no trainable state reaches)."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
     if not leaves:
         return jnp.array(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return jnp.isfinite(sum(jnp.sum(x.astype(jnp.float32)) for x in leaves))
 
 
 def make_step_fn(
@@ -339,13 +341,12 @@ def make_step_fn(
         if config.check_finite:
             # A step with a non-finite loss or new parameters applies none of its
             # updates: the state stays the one before the step (optax.apply_if_finite's
-            # rule, for the whole step and every optimizer at once).
+            # rule, for the whole step and every optimizer at once). One sum per leaf
+            # (NaN/inf anywhere makes it non-finite) and one conditional keep it cheap.
             finite = _all_finite((params, {k: v for k, v in metrics.items() if "loss" in k}))
-            params, model_state, opt_state, extra = jax.tree.map(
-                lambda new, old: jnp.where(finite, new, old),
-                (params, model_state, opt_state, extra),
-                (state["params"], state["model_state"], state["opt_state"], state["extra"]),
-            )
+            new = (params, model_state, opt_state, extra)
+            old = (state["params"], state["model_state"], state["opt_state"], state["extra"])
+            params, model_state, opt_state, extra = jax.lax.cond(finite, lambda: new, lambda: old)
             metrics = {**metrics, "skipped_step": 1.0 - finite.astype(jnp.float32)}
         new_state = {
             "params": params,
