@@ -144,6 +144,10 @@ def _all_finite(tree: Any) -> Array:
     return jnp.isfinite(sum(jnp.sum(x.astype(jnp.float32)) for x in leaves))
 
 
+def _select(keep_new: Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
+
+
 def make_step_fn(
     algorithm: Algorithm,
     slots: Mapping[str, ModelSlot],
@@ -231,7 +235,15 @@ def make_step_fn(
         loss = jnp.sum(tot * scale)
         return loss, grads, model_state, jax.tree.map(lambda x: jnp.mean(x, axis=0), metrics)
 
+    epochs, minibatches = algorithm.schedule
+    # One update per step: its finiteness is decided before it is applied, and
+    # the skip fuses into the optimizer's elementwise update (optax.apply_if_finite's
+    # way). With several updates per step, the whole step is undone at its end.
+    single_update = (epochs, minibatches) == (1, 1) and len(phases) == 1 and phases[0].repeats == 1
+    gate_in_update = config.check_finite and single_update
+
     def gradient_update(phase, params, model_state, opt_state, batch, key):
+        old_model_state = model_state
         loss, grads, model_state, metrics = loss_and_grads(phase, params, model_state, batch, key)
         prefix = f"{phase.name}_" if multi_phase else ""
         metrics = {**metrics, f"{prefix}loss": loss}
@@ -244,8 +256,17 @@ def make_step_fn(
             clip = jnp.minimum(1.0, config.max_grad_norm / (norm + 1e-12))
             grads = jax.tree.map(lambda g: g * clip, grads)
         params, opt_state = dict(params), dict(opt_state)
+        finite = None
+        if gate_in_update:
+            finite = _all_finite((grads, {k: v for k, v in metrics.items() if "loss" in k}))
+            metrics["skipped_step"] = 1.0 - finite.astype(jnp.float32)
+            model_state = _select(finite, model_state, old_model_state)
         for n in phase.trains:
-            updates, opt_state[n] = txs[n].update(grads[n], opt_state[n], params[n])
+            updates, new_opt = txs[n].update(grads[n], opt_state[n], params[n])
+            if finite is not None:
+                new_opt = _select(finite, new_opt, opt_state[n])
+                updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros((), u.dtype)), updates)
+            opt_state[n] = new_opt
             params[n] = optax.apply_updates(params[n], updates)
         return params, model_state, opt_state, metrics
 
@@ -264,7 +285,6 @@ def make_step_fn(
         return params, model_state, opt_state, metrics
 
     def run_updates(params, model_state, opt_state, batch, key):
-        epochs, minibatches = algorithm.schedule
         if epochs == 1 and minibatches == 1:
             # No scan of length 1 (a rolled scan slows conv gradients on XLA:CPU);
             # a stop rule has nothing to stop before the first update.
@@ -338,11 +358,12 @@ def make_step_fn(
         )
         if algorithm.after_update is not None:
             extra = algorithm.after_update(extra, params, model_state)
-        if config.check_finite:
-            # A step with a non-finite loss or new parameters applies none of its
-            # updates: the state stays the one before the step (optax.apply_if_finite's
-            # rule, for the whole step and every optimizer at once). One sum per leaf
-            # (NaN/inf anywhere makes it non-finite) and one conditional keep it cheap.
+        if gate_in_update:
+            if jax.tree.leaves(extra):  # e.g. an EMA must not move on a skipped step
+                extra = _select(metrics["skipped_step"] == 0, extra, state["extra"])
+        elif config.check_finite:
+            # Several updates per step: a non-finite loss or new parameters anywhere
+            # undoes the whole step (every optimizer, every minibatch).
             finite = _all_finite((params, {k: v for k, v in metrics.items() if "loss" in k}))
             new = (params, model_state, opt_state, extra)
             old = (state["params"], state["model_state"], state["opt_state"], state["extra"])

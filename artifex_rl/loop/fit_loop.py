@@ -177,6 +177,20 @@ class FitLoop:
             for _ in range(t.batches_seen_in_epoch):
                 next(iterator, None)
         yielded = False
+        if t.config.steps_per_execution == 1:
+            # The hot loop of small models: as little Python per step as possible.
+            start_hook = t.callbacks.has_listeners("on_train_batch_start")
+            if self.finished():
+                return yielded
+            for batch in iterator:
+                yielded = True
+                first = t.global_step
+                if start_hook:
+                    t.callbacks.dispatch("on_train_batch_start", t, batch, first)
+                self._after_chunk(t.train_step(batch), first, 1, stacked=False)
+                if self.finished():
+                    break
+            return yielded
         while not self.finished():
             chunk = list(itertools.islice(iterator, self.chunk_size()))
             if not chunk:
@@ -185,12 +199,8 @@ class FitLoop:
             first = t.global_step
             for i, batch in enumerate(chunk):
                 t.callbacks.dispatch("on_train_batch_start", t, batch, first + i)
-            if len(chunk) == 1 and t.config.steps_per_execution == 1:
-                metrics = t.train_step(chunk[0])
-                self._after_chunk(metrics, first, 1, stacked=False)
-            else:
-                metrics = t.train_steps(chunk)  # a trainer may override it (GRPO's host rewards)
-                self._after_chunk(metrics, first, len(chunk), stacked=True)
+            metrics = t.train_steps(chunk)  # a trainer may override it (GRPO's host rewards)
+            self._after_chunk(metrics, first, len(chunk), stacked=True)
         return yielded
 
     def _run_source_epoch(self) -> bool:
@@ -213,7 +223,8 @@ class FitLoop:
     def _after_chunk(self, metrics: Mapping[str, Any], first: int, size: int, stacked: bool) -> None:
         t = self.trainer
         t.batches_seen_in_epoch += size
-        t.emit_log()  # the previous interval's (lagged), now that this call is queued
+        if t.metrics.has_pending:
+            t.emit_log()  # the previous interval's (lagged), now that this call is queued
         t.metrics.add(metrics)
         if t.global_step % t.config.log_every_n_steps == 0:
             t.metrics.close_interval(t.global_step)

@@ -57,7 +57,12 @@ class MetricAggregator:
 
     def add(self, metrics: Mapping[str, Array]) -> None:
         """One step's scalars, or ``(K,)`` rows of K fused steps (all rows valid)."""
-        self._entries.append(dict(metrics))
+        self._entries.append(metrics)
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether a closed interval waits to be read."""
+        return self._pending is not None
 
     @property
     def empty(self) -> bool:
