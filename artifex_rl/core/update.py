@@ -256,18 +256,27 @@ def make_step_fn(
             clip = jnp.minimum(1.0, config.max_grad_norm / (norm + 1e-12))
             grads = jax.tree.map(lambda g: g * clip, grads)
         params, opt_state = dict(params), dict(opt_state)
-        finite = None
+
+        def apply(params, opt_state, grads):
+            params, opt_state = dict(params), dict(opt_state)
+            for n in phase.trains:
+                updates, opt_state[n] = txs[n].update(grads[n], opt_state[n], params[n])
+                params[n] = optax.apply_updates(params[n], updates)
+            return params, opt_state
+
         if gate_in_update:
+            # The update runs inside the taken branch of one conditional, so a
+            # finite step writes its results straight into the outputs.
             finite = _all_finite((grads, {k: v for k, v in metrics.items() if "loss" in k}))
             metrics["skipped_step"] = 1.0 - finite.astype(jnp.float32)
-            model_state = _select(finite, model_state, old_model_state)
-        for n in phase.trains:
-            updates, new_opt = txs[n].update(grads[n], opt_state[n], params[n])
-            if finite is not None:
-                new_opt = _select(finite, new_opt, opt_state[n])
-                updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros((), u.dtype)), updates)
-            opt_state[n] = new_opt
-            params[n] = optax.apply_updates(params[n], updates)
+            params, opt_state, model_state = jax.lax.cond(
+                finite,
+                lambda p, o, g, ms, _: (*apply(p, o, g), ms),
+                lambda p, o, g, _, old_ms: (p, o, old_ms),
+                params, opt_state, grads, model_state, old_model_state,
+            )
+        else:
+            params, opt_state = apply(params, opt_state, grads)
         return params, model_state, opt_state, metrics
 
     def minibatch_updates(params, model_state, opt_state, batch, key):
