@@ -54,6 +54,15 @@ class TrainerConfig:
         inside a rolled scan runs about 16x slower than under plain ``jit``
         (jax#12868); conv models with K > 1, minibatches or accumulation
         should unroll (longer compile, fast steps).
+      nan_policy: what a step whose loss, metrics or new parameters are not
+        finite does, decided inside the compiled step (no per-step host sync):
+        the step never applies its updates (every model, every minibatch: the
+        state stays the one before the step), and ``skipped_step`` is 1 in its
+        metrics. ``"raise"`` (default) then raises ``FloatingPointError`` at the
+        next host read of the metrics (the logging step), naming the step and
+        the first non-finite metric; ``"skip"`` keeps training (the logged
+        ``skipped_step`` is the fraction of skipped steps); ``"off"`` applies
+        every update unchecked (no check at all, for benchmarks of the bare step).
     """
 
     log_every_n_steps: int = 10
@@ -63,6 +72,7 @@ class TrainerConfig:
     log_grad_norm: bool = False
     steps_per_execution: int = 1
     scan_unroll: int | bool = 1
+    nan_policy: str = "raise"
 
     def __post_init__(self) -> None:
         if self.log_every_n_steps < 1:
@@ -73,6 +83,8 @@ class TrainerConfig:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if isinstance(self.scan_unroll, bool) is False and (not isinstance(self.scan_unroll, int) or self.scan_unroll < 1):
             raise ValueError(f"scan_unroll must be True, False or an int >= 1, got {self.scan_unroll!r}")
+        if self.nan_policy not in ("raise", "skip", "off"):
+            raise ValueError(f"nan_policy must be 'raise', 'skip' or 'off', got {self.nan_policy!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 

@@ -36,7 +36,7 @@ from artifex_rl.core.runner import TraceCounter, make_runner, split_batch
 from artifex_rl.core.snapshot import PolicySnapshot
 from artifex_rl.core.update import Algorithm, StepConfig, UpdatePhase, make_step_fn
 from artifex_rl.events import Callback, CallbackList
-from artifex_rl.loop.fit_loop import FitLoop, slice_rows
+from artifex_rl.loop.fit_loop import FitLoop, TrainingInterrupted, slice_rows
 from artifex_rl.loop.metrics import MetricAggregator
 
 Array = jax.Array
@@ -113,7 +113,6 @@ class Trainer:
             self.slots[name], params[name], model_state[name] = core_state.split_model(module, wrt)
             self.txs[name], self._nnx_optimizers[name] = tx, nnx_opt
             opt_state[name] = core_state.initial_opt_state(tx, params[name], nnx_opt)
-        self._views = core_state.ModelViews(models, self.slots)
         self.train_state: dict[str, Any] = {
             "params": params,
             "model_state": model_state,
@@ -122,6 +121,7 @@ class Trainer:
             "rng": jax.random.PRNGKey(config.seed),
             "step": jnp.zeros((), jnp.int32),
         }
+        self._views = core_state.ModelViews(models, self.slots, self.train_state)
         self.train_state["extra"] = self.init_extra_state()
         # Frozen models (a reference policy): passed to the step, never donated,
         # never differentiated, saved with every checkpoint.
@@ -139,7 +139,7 @@ class Trainer:
         self.lag_logs = False
         self.dataloader: Iterable[Batch] | None = None
         self.last_outputs: dict[str, Array] = {}
-        self.metrics = MetricAggregator(self.ratio_metrics)
+        self.metrics = MetricAggregator(self.ratio_metrics, raise_on_skipped=config.nan_policy == "raise")
         self._last_logged: tuple[int, dict[str, float]] | None = None
         self._traces = TraceCounter()
         self._compiled: dict[str, Any] | None = None
@@ -249,7 +249,10 @@ class Trainer:
                 self._algorithm(),
                 self.slots,
                 self.txs,
-                StepConfig(cfg.grad_accum_steps, cfg.max_grad_norm, cfg.log_grad_norm, cfg.scan_unroll),
+                StepConfig(
+                    cfg.grad_accum_steps, cfg.max_grad_norm, cfg.log_grad_norm, cfg.scan_unroll,
+                    check_finite=cfg.nan_policy != "off",
+                ),
                 self._frozen_graphdefs,
             )
             self._compiled = {
@@ -367,6 +370,8 @@ class Trainer:
     def _after_steps(self, n: int) -> None:
         self.global_step += n
         self._views.mark_stale(self.train_state)
+        if not self.fitting:  # a hand-written loop: the user's model object stays current
+            self._views.refresh()
 
     # ------------------------------------------------------------------ #
     # The loop
@@ -394,6 +399,12 @@ class Trainer:
           callbacks: extra callbacks for this call, after the trainer's own.
           ckpt_path: resume from ``"last"``, ``"best"`` (resolved by a
             checkpoint callback) or a checkpoint directory before training.
+
+        SIGINT (Ctrl-C) or SIGTERM during ``fit`` finishes the running step or
+        chunk, then raises :class:`~artifex_rl.loop.fit_loop.TrainingInterrupted`
+        (a ``KeyboardInterrupt``) after ``on_exception`` (a ``ModelCheckpoint``
+        saves the state) and ``on_train_end``; ``fit(..., ckpt_path="last")``
+        continues exactly. A second signal acts at once.
 
         Returns:
           The trainer, for chaining.
@@ -424,6 +435,9 @@ class Trainer:
             except Exception:  # noqa: BLE001 - its values may be what failed
                 pass
             self.callbacks.dispatch_exception(self, exc)
+            if isinstance(exc, TrainingInterrupted):
+                # The state is consistent (the chunk finished): end the run as usual.
+                self.callbacks.dispatch("on_train_end", self)
             raise
         finally:
             self.fitting = False

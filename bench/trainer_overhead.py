@@ -24,7 +24,9 @@ Then, to explain the ratios: the training-thread cost of each callback's
 ``on_log`` and of one async checkpoint save (and how long orbax takes to
 commit it); one-off costs at the end of training (the MetricsLogger PNG, the
 parameter overview, one synchronous save); with ``--breakdown``, the parts
-of ``fit``'s core (compiled step, grad-norm variants, model sync, metric pull).
+of ``fit``'s core (compiled step, grad-norm variants, metric pull); and a small
+conv net with K = 1, and K = 4 in a rolled vs unrolled scan, so the XLA:CPU
+conv-in-scan trap (jax#12868) stays visible.
 
 Run: ``python bench/trainer_overhead.py [--steps 2000] [--reps 5] [--ckpt-every 100] [--breakdown] [--profile]``.
 Timings on a shared CPU are noisy; only the ratios taken in one run mean much.
@@ -127,10 +129,12 @@ def make_baseline(batches, grad_norm: Callable | None = None) -> Callable[[int],
     return run
 
 
-def make_fit(batches, callbacks_fn: Callable[[str], list], steps_per_execution: int = 1) -> Callable[[int], float]:
+def make_fit(
+    batches, callbacks_fn: Callable[[str], list], steps_per_execution: int = 1, model_fn=None, **config
+) -> Callable[[int], float]:
     """One trainer (compiled once); ``run(steps)`` continues training for ``steps`` more steps."""
-    model = MLP(rngs=nnx.Rngs(0))
-    config = TrainerConfig(log_every_n_steps=10, steps_per_execution=steps_per_execution)
+    model = (model_fn or MLP)(rngs=nnx.Rngs(0))
+    config = TrainerConfig(log_every_n_steps=10, steps_per_execution=steps_per_execution, **config)
     trainer = MSETrainer(model, optax.adam(1e-3), config)
     tmp = tempfile.mkdtemp(prefix="artifex_bench_")
     counter = [0]
@@ -145,6 +149,50 @@ def make_fit(batches, callbacks_fn: Callable[[str], list], steps_per_execution: 
 
     run(20)  # compile and warm the callbacks' imports
     return run
+
+
+class ConvNet(nnx.Module):
+    """A small conv net on 8x8x1 inputs: the shape of the digits models (conv-in-scan trap)."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.c1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
+        self.c2 = nnx.Conv(16, 16, (3, 3), rngs=rngs)
+        self.out = nnx.Linear(8 * 8 * 16, 1, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.c2(jax.nn.relu(self.c1(x))))
+        return self.out(h.reshape(h.shape[0], -1))
+
+
+def conv_batches() -> list[dict[str, jax.Array]]:
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(N_BATCHES):
+        x = rng.normal(size=(BATCH, 8, 8, 1)).astype(np.float32)
+        out.append({"x": jax.device_put(x), "y": jax.device_put(x.mean(axis=(1, 2)))})
+    return out
+
+
+def conv_section(steps: int, reps: int) -> None:
+    """The XLA:CPU conv-in-scan trap (jax#12868), kept visible: a conv net's step under plain
+    jit (K = 1), and K = 4 steps per call in a rolled vs an unrolled ``lax.scan``."""
+    batches = conv_batches()
+    variants = {
+        "conv: fit, one step per call": make_fit(batches, no_callbacks, model_fn=ConvNet),
+        "conv: fit, K=4 in a rolled scan": make_fit(batches, no_callbacks, 4, model_fn=ConvNet),
+        "conv: fit, K=4 unrolled (scan_unroll=True)": make_fit(
+            batches, no_callbacks, 4, model_fn=ConvNet, scan_unroll=True
+        ),
+    }
+    times = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, run in variants.items():
+            times[name].append(run(steps) / steps)
+    first = statistics.median(next(iter(times.values())))
+    print("conv net (the scan trap):")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:45s} {med * 1e6:8.1f} us/step   ratio {med / first:5.3f}")
 
 
 def no_callbacks(run_dir: str) -> list:
@@ -272,6 +320,7 @@ def main() -> None:
     parser.add_argument("--ckpt-every", type=int, default=100, help="ModelCheckpoint interval of (c)")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of fit's core loop")
     parser.add_argument("--profile", action="store_true", help="cProfile one run of each fit variant")
+    parser.add_argument("--conv-steps", type=int, default=200, help="steps of the conv-net section (0: skip)")
     args = parser.parse_args()
 
     batches = make_batches()
@@ -282,6 +331,7 @@ def main() -> None:
         f"(c) (b) + ModelCheckpoint every {args.ckpt_every} steps": make_fit(
             batches, bar_logger_checkpoint(args.ckpt_every)
         ),
+        "(a-off) (a) with nan_policy='off' (no finiteness check)": make_fit(batches, no_callbacks, nan_policy="off"),
         "(a10) (a) with steps_per_execution=10": make_fit(batches, no_callbacks, 10),
         "(b10) (b) with steps_per_execution=10": make_fit(batches, bar_and_logger, 10),
         "(c10) (c) with steps_per_execution=10": make_fit(batches, bar_logger_checkpoint(args.ckpt_every), 10),
@@ -303,6 +353,8 @@ def main() -> None:
     print("one-off costs (not per step):")
     for name, seconds in one_off_costs(batches).items():
         print(f"  {name:55s} {seconds * 1e3:10.1f} ms")
+    if args.conv_steps:
+        conv_section(args.conv_steps, args.reps)
     if args.breakdown:
         core_breakdown(batches, min(args.steps, 1000), args.reps)
 

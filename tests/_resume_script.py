@@ -61,6 +61,36 @@ def resume_callbacks(ckpt_dir: str, run_dir: str) -> list:
     ]
 
 
+class _SigintAt:
+    """Sends this process SIGINT once, right after optimisation step ``step`` (Ctrl-C mid-epoch)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, metrics, step):
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def run_interrupted(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
+    """``run`` with a SIGINT after step 17 (mid-epoch, not a checkpoint step): fit must stop
+    there, save, and raise TrainingInterrupted."""
+    from artifex_rl.callbacks import Callback
+    from artifex_rl.loop.fit_loop import TrainingInterrupted
+
+    interrupter = type("SigintAt", (_SigintAt, Callback), {})(17)
+    trainer = make_regression_trainer(log_every_n_steps=LOG_EVERY)
+    callbacks = resume_callbacks(ckpt_dir, run_dir)
+    try:
+        trainer.fit(regression_batches(8), max_steps=max_steps, callbacks=[*callbacks, interrupter])
+    except TrainingInterrupted as err:
+        print(f"interrupted at {err.step}", flush=True)
+    return {"state": flat_state(trainer.train_state), "global_step": trainer.global_step}
+
+
 def run(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
     """Train to ``max_steps`` (resuming from ``ckpt_dir``'s last checkpoint if asked); return the outcome."""
     trainer = make_regression_trainer(log_every_n_steps=LOG_EVERY)
@@ -165,7 +195,7 @@ def load_model_main(ckpt: str, out: str, exit_save: str | None) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["run", "run-ppo", "run-two", "crash-writer", "load-model"])
+    parser.add_argument("command", choices=["run", "run-ppo", "run-two", "run-interrupted", "crash-writer", "load-model"])
     parser.add_argument("--ckpt-dir")
     parser.add_argument("--run-dir")
     parser.add_argument("--ckpt")
@@ -174,8 +204,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out")
     parser.add_argument("--exit-save")
     args = parser.parse_args(argv)
-    if args.command in ("run", "run-ppo", "run-two"):
-        fn = {"run": run, "run-ppo": run_ppo, "run-two": run_two}[args.command]
+    if args.command in ("run", "run-ppo", "run-two", "run-interrupted"):
+        fn = {"run": run, "run-ppo": run_ppo, "run-two": run_two, "run-interrupted": run_interrupted}[args.command]
         save_outcome(fn(args.ckpt_dir, args.run_dir, args.max_steps, args.resume), args.out)
     elif args.command == "crash-writer":
         crash_writer(args.ckpt_dir)

@@ -256,3 +256,36 @@ def test_nan_in_padded_observations_and_actions_never_reaches_the_parameters(alg
         trainer = REINFORCETrainer(_Policy(nnx.Rngs(0)), optax.sgd(0.1))
     trainer.train_step(batch)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(trainer.train_state["params"]))
+
+
+def test_grpo_with_beta_and_no_reference_is_an_error():
+    """Bug 6: GRPO with beta > 0, no reference model and no ref_log_probs silently dropped the KL."""
+    from artifex_rl import GRPOConfig, GRPOTrainer
+
+    trainer = GRPOTrainer(_Policy(nnx.Rngs(0)), optax.sgd(0.1), GRPOConfig(beta=0.04, num_generations=2),
+                          reference_model=None, policy="categorical")
+    rng = np.random.default_rng(0)
+    batch = {"observations": rng.normal(size=(4, 3)).astype(np.float32),
+             "actions": rng.integers(0, 2, size=(4,)).astype(np.int32),
+             "rewards": rng.normal(size=(4,)).astype(np.float32), "log_probs": np.full((4,), -0.7, np.float32)}
+    with pytest.raises(ValueError, match=r"beta=0.04 > 0 .*no reference"):
+        trainer.train_step(batch)
+
+
+def test_a_nan_reward_inside_the_compiled_step_is_left_out_of_its_group():
+    """Bug 7: a NaN reward made NaN advantages and NaN parameters without an error."""
+    from artifex_rl import GRPOConfig, GRPOTrainer
+
+    trainer = GRPOTrainer(_Policy(nnx.Rngs(0)), optax.sgd(0.1), GRPOConfig(beta=0.0, num_generations=2),
+                          reference_model=None, policy="categorical")
+    rng = np.random.default_rng(0)
+    rewards = np.array([1.0, np.nan, 0.0, 1.0], np.float32)
+    batch = {"observations": rng.normal(size=(4, 3)).astype(np.float32),
+             "actions": rng.integers(0, 2, size=(4,)).astype(np.int32),
+             "rewards": jnp.asarray(rewards),  # a device array: the host check does not see it
+             "log_probs": np.full((4,), -0.7, np.float32)}
+    metrics = trainer.train_step(batch)
+    assert float(metrics["nonfinite_reward_frac"]) == pytest.approx(0.25)
+    assert float(metrics["skipped_step"]) == 0.0
+    assert np.isfinite(float(metrics["mean_reward"]))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(trainer.train_state["params"]))

@@ -11,7 +11,12 @@ from artifex_rl.models import ActorCritic, MLPPolicy
 
 
 class StandInTrainer:
-    """What a rollout source reads from a Trainer: ``graphdef`` and ``train_state``."""
+    """What a rollout source reads from a Trainer: a policy snapshot (here kept in ``train_state``)."""
+
+    def policy_snapshot(self):
+        from artifex_rl import PolicySnapshot
+
+        return PolicySnapshot(self.graphdef, self.train_state["params"], self.train_state["model_state"])
 
     def __init__(self, model: nnx.Module):
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -294,7 +299,7 @@ def test_bad_inputs_fail_before_compiling():
         GymnaxRolloutSource("CartPole-v1", trainer, num_envs=2, num_steps=4, policy="beta")
     with pytest.raises(ValueError, match="'tokens' is for language models"):
         GymnaxRolloutSource("CartPole-v1", trainer, num_envs=2, num_steps=4, policy="tokens")
-    with pytest.raises(TypeError, match="needs a trainer exposing `graphdef`"):
+    with pytest.raises(TypeError, match="policy must be a zero-argument callable returning a PolicySnapshot"):
         GymnaxRolloutSource("CartPole-v1", object(), num_envs=2, num_steps=4)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,7 @@ from artifex_rl import (
     REINFORCEConfig,
     REINFORCETrainer,
 )
+from artifex_rl.rl.generation import Completions
 from tests._guard_refs import (
     CurrentTokenLM,
     GaussianActorCritic,
@@ -71,13 +71,6 @@ VOCAB, EOS, PAD, NEW_TOKENS, GROUP = 6, 1, 0, 4, 4
 PROMPTS = np.array([[2, 3], [4, 5]], np.int32)
 
 
-class Sampled(NamedTuple):
-    """What a ``sample_fn`` returns (the documented fields), over prompt + completion."""
-
-    tokens: jax.Array  # (B, P + N)
-    completion_mask: jax.Array  # (B, P + N): 1 on completion tokens up to and including EOS
-    log_probs: jax.Array  # (B, P + N): log-prob of each sampled token, 0 elsewhere
-    lengths: jax.Array  # (B,)
 
 
 def eos_sampler(model, prompts, key):
@@ -99,9 +92,8 @@ def eos_sampler(model, prompts, key):
 
     carry = (prompts[:, -1], jnp.ones((b,), bool))
     _, (tokens, mask, log_probs) = jax.lax.scan(step, carry, jax.random.split(key, NEW_TOKENS))
-    zeros = jnp.zeros((b, p))
-    return Sampled(jnp.concatenate([prompts, tokens.T], 1), jnp.concatenate([zeros, mask.T], 1),
-                   jnp.concatenate([zeros, log_probs.T], 1), mask.sum(0).astype(jnp.int32))
+    # The documented sample_fn contract: prompt-free (B, N) completions.
+    return Completions(tokens.T, mask.T, log_probs.T)
 
 
 def np_completion_mask(completions: np.ndarray) -> np.ndarray:

@@ -121,7 +121,7 @@ def test_model_is_current_after_train_step_and_users_reference_stays_valid():
     assert trainer.model is model
     after = np.asarray(model(batch["x"]))
     assert not np.allclose(before, after)
-    rebuilt = nnx.merge(trainer.graphdef, trainer.train_state["params"], trainer.train_state["model_state"])
+    rebuilt = trainer.policy_snapshot().merge()
     np.testing.assert_array_equal(after, np.asarray(rebuilt(batch["x"])))
 
 
@@ -153,14 +153,15 @@ def test_train_step_matches_a_hand_written_optax_step():
 def test_train_step_returns_device_metrics_with_loss():
     trainer = make_regression_trainer()
     metrics = trainer.train_step(regression_batches(1)[0])
-    assert set(metrics) == {"loss", "mae"}
+    assert set(metrics) == {"loss", "mae", "skipped_step"}  # skipped_step: the nan_policy's flag
     assert all(isinstance(v, jax.Array) and v.shape == () for v in metrics.values())
+    assert float(metrics["skipped_step"]) == 0.0
 
 
 def test_grad_norm_is_reported_on_request_and_equals_the_gradients_norm():
     batch = regression_batches(1)[0]
     trainer = make_regression_trainer(log_grad_norm=True)
-    model = nnx.merge(trainer.graphdef, trainer.train_state["params"], trainer.train_state["model_state"])
+    model = trainer.policy_snapshot().merge()
     grads = nnx.grad(lambda m: jnp.mean((m(batch["x"]) - batch["y"]) ** 2))(model)
     expected = np.sqrt(sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads)))
     metrics = trainer.train_step(batch)

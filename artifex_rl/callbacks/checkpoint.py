@@ -207,7 +207,12 @@ class ModelCheckpoint(Callback):
         self._close()
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
-        # The state may be broken: do not save it, but commit the save in flight.
+        from artifex_rl.loop.fit_loop import TrainingInterrupted
+
+        if isinstance(exception, TrainingInterrupted) and trainer.global_step > 0:
+            # Interrupted between chunks: the state is consistent, keep it.
+            self._save(trainer, self._score(trainer, None))
+        # Otherwise the state may be broken: do not save it, but commit the save in flight.
         self._close()
 
     def state_dict(self) -> dict[str, Any]:

@@ -86,6 +86,7 @@ class StepConfig:
     max_grad_norm: float | None = None
     log_grad_norm: bool = False
     scan_unroll: int | bool = 1
+    check_finite: bool = True
 
 
 def leading_dims(tree: Any) -> dict[str, int | None]:
@@ -132,6 +133,19 @@ def _weighted_mean(metrics: Any, weights: Array) -> Any:
         return jnp.where(total > 0, weighted, jnp.mean(x, axis=axes)).astype(x.dtype)
 
     return jax.tree.map(one, metrics)
+
+
+def _all_finite(tree: Any) -> Array:
+    """Whether every float leaf is finite: the sum of all entries is finite iff no NaN/inf is in it
+    (short of a float overflow of the sum itself, which no trainable state reaches)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    if not leaves:
+        return jnp.array(True)
+    return jnp.isfinite(sum(jnp.sum(x.astype(jnp.float32)) for x in leaves))
+
+
+def _select(keep_new: Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
 
 
 def make_step_fn(
@@ -221,7 +235,15 @@ def make_step_fn(
         loss = jnp.sum(tot * scale)
         return loss, grads, model_state, jax.tree.map(lambda x: jnp.mean(x, axis=0), metrics)
 
+    epochs, minibatches = algorithm.schedule
+    # One update per step: its finiteness is decided before it is applied, and
+    # the skip fuses into the optimizer's elementwise update (optax.apply_if_finite's
+    # way). With several updates per step, the whole step is undone at its end.
+    single_update = (epochs, minibatches) == (1, 1) and len(phases) == 1 and phases[0].repeats == 1
+    gate_in_update = config.check_finite and single_update
+
     def gradient_update(phase, params, model_state, opt_state, batch, key):
+        old_model_state = model_state
         loss, grads, model_state, metrics = loss_and_grads(phase, params, model_state, batch, key)
         prefix = f"{phase.name}_" if multi_phase else ""
         metrics = {**metrics, f"{prefix}loss": loss}
@@ -234,9 +256,27 @@ def make_step_fn(
             clip = jnp.minimum(1.0, config.max_grad_norm / (norm + 1e-12))
             grads = jax.tree.map(lambda g: g * clip, grads)
         params, opt_state = dict(params), dict(opt_state)
-        for n in phase.trains:
-            updates, opt_state[n] = txs[n].update(grads[n], opt_state[n], params[n])
-            params[n] = optax.apply_updates(params[n], updates)
+
+        def apply(params, opt_state, grads):
+            params, opt_state = dict(params), dict(opt_state)
+            for n in phase.trains:
+                updates, opt_state[n] = txs[n].update(grads[n], opt_state[n], params[n])
+                params[n] = optax.apply_updates(params[n], updates)
+            return params, opt_state
+
+        if gate_in_update:
+            # The update runs inside the taken branch of one conditional, so a
+            # finite step writes its results straight into the outputs.
+            finite = _all_finite((grads, {k: v for k, v in metrics.items() if "loss" in k}))
+            metrics["skipped_step"] = 1.0 - finite.astype(jnp.float32)
+            params, opt_state, model_state = jax.lax.cond(
+                finite,
+                lambda p, o, g, ms, _: (*apply(p, o, g), ms),
+                lambda p, o, g, _, old_ms: (p, o, old_ms),
+                params, opt_state, grads, model_state, old_model_state,
+            )
+        else:
+            params, opt_state = apply(params, opt_state, grads)
         return params, model_state, opt_state, metrics
 
     def minibatch_updates(params, model_state, opt_state, batch, key):
@@ -254,7 +294,6 @@ def make_step_fn(
         return params, model_state, opt_state, metrics
 
     def run_updates(params, model_state, opt_state, batch, key):
-        epochs, minibatches = algorithm.schedule
         if epochs == 1 and minibatches == 1:
             # No scan of length 1 (a rolled scan slows conv gradients on XLA:CPU);
             # a stop rule has nothing to stop before the first update.
@@ -328,6 +367,17 @@ def make_step_fn(
         )
         if algorithm.after_update is not None:
             extra = algorithm.after_update(extra, params, model_state)
+        if gate_in_update:
+            if jax.tree.leaves(extra):  # e.g. an EMA must not move on a skipped step
+                extra = _select(metrics["skipped_step"] == 0, extra, state["extra"])
+        elif config.check_finite:
+            # Several updates per step: a non-finite loss or new parameters anywhere
+            # undoes the whole step (every optimizer, every minibatch).
+            finite = _all_finite((params, {k: v for k, v in metrics.items() if "loss" in k}))
+            new = (params, model_state, opt_state, extra)
+            old = (state["params"], state["model_state"], state["opt_state"], state["extra"])
+            params, model_state, opt_state, extra = jax.lax.cond(finite, lambda: new, lambda: old)
+            metrics = {**metrics, "skipped_step": 1.0 - finite.astype(jnp.float32)}
         new_state = {
             "params": params,
             "model_state": model_state,

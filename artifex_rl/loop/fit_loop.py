@@ -19,6 +19,8 @@ end, so logging and stopping land on the same steps whatever K is.
 from __future__ import annotations
 
 import itertools
+import signal
+import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,42 @@ class StepView(Mapping):
         return len(self._stacked)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived during ``fit``; raised once the running chunk has finished.
+
+    Callbacks see it in ``on_exception`` (the state is consistent: a checkpoint
+    callback saves it), then ``on_train_end`` runs, then it propagates.
+    """
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"training interrupted by signal {signum} after step {step}")
+        self.signum, self.step = signum, step
+
+
+class _SignalCatcher:
+    """Turns SIGINT/SIGTERM into a flag while installed (main thread only); a second one is the default."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalCatcher:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for sig, handler in self._previous.items():  # a second signal acts at once
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 class FitLoop:
     """Runs ``trainer`` over ``dataloader`` until a stop condition holds."""
 
@@ -55,6 +93,7 @@ class FitLoop:
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.fuse_source = self._can_fuse_source(dataloader)
+        self.signals = _SignalCatcher()
         k = trainer.config.steps_per_execution
         if k > 1 and not self.fuse_source and getattr(dataloader, "depends_on_policy", False):
             raise ValueError(
@@ -75,6 +114,8 @@ class FitLoop:
     # ------------------------------------------------------------------ #
     def finished(self) -> bool:
         t = self.trainer
+        if self.signals.signum is not None:
+            raise TrainingInterrupted(self.signals.signum, t.global_step)
         return (
             t.should_stop
             or (self.max_steps is not None and t.global_step >= self.max_steps)
@@ -83,9 +124,10 @@ class FitLoop:
 
     def run(self) -> None:
         t = self.trainer
-        t.callbacks.dispatch("on_train_begin", t)
-        while not self.finished():
-            self.run_epoch()
+        with self.signals:
+            t.callbacks.dispatch("on_train_begin", t)
+            while not self.finished():
+                self.run_epoch()
         t.emit_log(force=True)
         t.callbacks.dispatch("on_train_end", t)
 
@@ -135,6 +177,20 @@ class FitLoop:
             for _ in range(t.batches_seen_in_epoch):
                 next(iterator, None)
         yielded = False
+        if t.config.steps_per_execution == 1:
+            # The hot loop of small models: as little Python per step as possible.
+            start_hook = t.callbacks.has_listeners("on_train_batch_start")
+            if self.finished():
+                return yielded
+            for batch in iterator:
+                yielded = True
+                first = t.global_step
+                if start_hook:
+                    t.callbacks.dispatch("on_train_batch_start", t, batch, first)
+                self._after_chunk(t.train_step(batch), first, 1, stacked=False)
+                if self.finished():
+                    break
+            return yielded
         while not self.finished():
             chunk = list(itertools.islice(iterator, self.chunk_size()))
             if not chunk:
@@ -143,12 +199,8 @@ class FitLoop:
             first = t.global_step
             for i, batch in enumerate(chunk):
                 t.callbacks.dispatch("on_train_batch_start", t, batch, first + i)
-            if len(chunk) == 1 and t.config.steps_per_execution == 1:
-                metrics = t.train_step(chunk[0])
-                self._after_chunk(metrics, first, 1, stacked=False)
-            else:
-                metrics = t.train_steps(chunk)  # a trainer may override it (GRPO's host rewards)
-                self._after_chunk(metrics, first, len(chunk), stacked=True)
+            metrics = t.train_steps(chunk)  # a trainer may override it (GRPO's host rewards)
+            self._after_chunk(metrics, first, len(chunk), stacked=True)
         return yielded
 
     def _run_source_epoch(self) -> bool:
@@ -171,7 +223,8 @@ class FitLoop:
     def _after_chunk(self, metrics: Mapping[str, Any], first: int, size: int, stacked: bool) -> None:
         t = self.trainer
         t.batches_seen_in_epoch += size
-        t.emit_log()  # the previous interval's (lagged), now that this call is queued
+        if t.metrics.has_pending:
+            t.emit_log()  # the previous interval's (lagged), now that this call is queued
         t.metrics.add(metrics)
         if t.global_step % t.config.log_every_n_steps == 0:
             t.metrics.close_interval(t.global_step)

@@ -16,6 +16,7 @@ steps itself, and callbacks read it through ``Callback.on_train_batch_end``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,8 +47,9 @@ class MetricAggregator:
         the two keys' interval sums, omitted when the count is 0.
     """
 
-    def __init__(self, ratio_metrics: Mapping[str, tuple[str, str]] | None = None):
+    def __init__(self, ratio_metrics: Mapping[str, tuple[str, str]] | None = None, raise_on_skipped: bool = False):
         self.ratio_metrics = dict(ratio_metrics or {})
+        self.raise_on_skipped = raise_on_skipped
         self._entries: list[dict[str, Array]] = []
         self._carried: dict[str, tuple[float, float]] = {}
         # A finished interval's device means and its step, read once the next call is queued.
@@ -55,7 +57,12 @@ class MetricAggregator:
 
     def add(self, metrics: Mapping[str, Array]) -> None:
         """One step's scalars, or ``(K,)`` rows of K fused steps (all rows valid)."""
-        self._entries.append(dict(metrics))
+        self._entries.append(metrics)
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether a closed interval waits to be read."""
+        return self._pending is not None
 
     @property
     def empty(self) -> bool:
@@ -66,6 +73,7 @@ class MetricAggregator:
         if self.empty:
             return
         entries, self._entries = self._entries, []
+        self._closed_entries = entries  # kept until read: a skipped step is located in them
         sums = _sums_and_counts(entries) if entries else {}
         for key, (s, c) in self._carried.items():
             if key in sums:
@@ -81,7 +89,11 @@ class MetricAggregator:
             return None
         sums, step = self._pending
         self._pending = None
-        return self._means(jax.device_get(sums)), step
+        host = jax.device_get(sums)
+        entries, self._closed_entries = getattr(self, "_closed_entries", []), []
+        if self.raise_on_skipped and "skipped_step" in host and float(host["skipped_step"][0]) > 0:
+            raise _nonfinite_error(entries, step)
+        return self._means(host), step
 
     def _means(self, sums: Mapping[str, tuple[Any, Any]]) -> dict[str, float]:
         means = {k: float(s) / max(float(c), 1.0) for k, (s, c) in sums.items()}
@@ -117,4 +129,24 @@ class MetricAggregator:
             self._pending = (sums, int(closed["step"]))
 
     def reset(self) -> None:
-        self._entries, self._carried, self._pending = [], {}, None
+        self._entries, self._carried, self._pending, self._closed_entries = [], {}, None, []
+
+
+def _nonfinite_error(entries: list[dict[str, Array]], last_step: int) -> FloatingPointError:
+    """A FloatingPointError naming the first skipped step of the interval and its first non-finite metric."""
+    rows: list[dict[str, float]] = []
+    for entry in jax.device_get(entries):
+        n = max((jnp.size(v) for v in entry.values()), default=1)
+        for i in range(int(n)):
+            rows.append({k: float(jnp.ravel(jnp.asarray(v))[i if jnp.size(v) > 1 else 0]) for k, v in entry.items()})
+    for i, row in enumerate(rows):
+        if row.get("skipped_step", 0.0) > 0:
+            step = last_step - len(rows) + i + 1
+            bad = [k for k, v in row.items() if not math.isfinite(v)]
+            what = f"the first non-finite metric is {bad[0]!r}" if bad else "the new parameters were not finite"
+            return FloatingPointError(
+                f"step {step} produced non-finite values ({what}); its update was not applied, so the "
+                "parameters and every saved checkpoint are finite. Set TrainerConfig(nan_policy='skip') "
+                "to skip such steps and go on."
+            )
+    return FloatingPointError(f"a step before {last_step} produced non-finite values (nan_policy='raise')")

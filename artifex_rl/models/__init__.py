@@ -29,3 +29,22 @@ __all__ = [
     "sample_with_cache",
     "sample_without_cache",
 ]
+
+# 8x8 image models (digits): denoisers, VAE, GAN, energy net and the evaluation classifier.
+from artifex_rl.models.classifier import DigitClassifier  # noqa: E402
+from artifex_rl.models.energy import EnergyMLP  # noqa: E402
+from artifex_rl.models.gan import Discriminator, Generator  # noqa: E402
+from artifex_rl.models.mixer import DenoiserMixer  # noqa: E402
+from artifex_rl.models.unet import DenoiserUNet  # noqa: E402
+from artifex_rl.models.vae import ConvDecoder, ConvEncoder  # noqa: E402
+
+__all__ += [
+    "ConvDecoder",
+    "ConvEncoder",
+    "DenoiserMixer",
+    "DenoiserUNet",
+    "DigitClassifier",
+    "Discriminator",
+    "EnergyMLP",
+    "Generator",
+]

@@ -1,0 +1,1 @@
+"""Digits recipes: generative models (and their RL fine-tuning) on the UCI handwritten digits."""
