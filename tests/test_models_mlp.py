@@ -114,3 +114,21 @@ def test_bad_arguments_raise_clear_errors():
         MLPPolicy(4, 2, hidden=(), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"expects observations of shape \(\.\.\., 4\), got \(2, 5\)"):
         ActorCritic(4, 2, rngs=nnx.Rngs(0))(jnp.ones((2, 5)))
+
+
+def test_image_observations_are_flattened_before_the_first_layer():
+    shape = (10, 10, 4)
+    model = ActorCritic(shape, 3, hidden=(8,), activation="relu", rngs=nnx.Rngs(0))
+    obs = np.random.default_rng(0).uniform(size=(2, 5, *shape)).astype(np.float32)
+    logits, value = model(jnp.asarray(obs))
+    assert logits.shape == (2, 5, 3) and value.shape == (2, 5)
+    # Independent computation: numpy relu MLP on the row-major flattened observation.
+    flat = obs.reshape(2, 5, 400)
+    k0, b0 = np.asarray(model.actor_torso.layers[0].kernel[...]), np.asarray(model.actor_torso.layers[0].bias[...])
+    k1, b1 = np.asarray(model.actor_head.out.kernel[...]), np.asarray(model.actor_head.out.bias[...])
+    np.testing.assert_allclose(logits, np.maximum(flat @ k0 + b0, 0) @ k1 + b1, rtol=1e-4, atol=1e-5)
+    assert MLPPolicy(shape, 3, rngs=nnx.Rngs(0))(jnp.asarray(obs)).shape == (2, 5, 3)
+    with pytest.raises(ValueError, match=r"ActorCritic expects observations of shape \(\.\.\., 10, 10, 4\), got \(2, 10, 4\)"):
+        model(jnp.zeros((2, 10, 4)))
+    with pytest.raises(ValueError, match="obs_dim must be a positive int or a shape"):
+        ActorCritic((10, 0), 3, rngs=nnx.Rngs(0))

@@ -77,6 +77,9 @@ def test_image_grid_matches_a_direct_tiling():
         tile = np.round(np.clip(imgs[i], 0, 1) * 255).astype(np.uint8)
         want[1 + r * 4 : 1 + r * 4 + 3, 1 + c * 5 : 1 + c * 5 + 4] = tile
     np.testing.assert_array_equal(grid[..., 0], want)
+    # Digit samples live in [-1, 1]: -1 -> 0, 0 -> 128 (127.5 rounded to even), 1 -> 255.
+    np.testing.assert_array_equal(image_grid(np.array([[[-1.0, 0.0, 1.0]]]), pad=0, value_range=(-1, 1))[..., 0],
+                                  [[0, 128, 255]])
     with pytest.raises(ValueError, match=r"images must have shape .* got \(3, 4\)"):
         image_grid(np.zeros((3, 4)))
 

@@ -12,8 +12,9 @@ What it writes, against the trainer's global step:
   the trainer's class and config, flattened to ``"section/key"`` entries,
   once as the HParams plugin's session start (its dashboard lists every
   logged scalar as a metric) and once as a JSON ``config`` text entry;
-* **images**: ``log_images(name, images, step)``, a sample grid built from
-  ``(N, H, W)`` or ``(N, H, W, C)`` images -- the protocol a sampling
+* **images**: ``log_images(name, images, step, value_range=(0, 1))``, a
+  sample grid built from ``(N, H, W)`` or ``(N, H, W, C)`` images (the digits
+  models' samples in ``[-1, 1]`` take ``value_range=(-1, 1)``) -- the protocol a sampling
   callback uses, as :class:`~artifex_rl.callbacks.SampleTableLogger` calls
   ``log_table`` on every callback that has one;
 * **tables**: ``log_table(name, columns, rows, step)`` as a markdown text
@@ -43,14 +44,18 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
-def image_grid(images: Any, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+def image_grid(
+    images: Any, ncols: int | None = None, pad: int = 1, value_range: tuple[float, float] = (0.0, 1.0)
+) -> np.ndarray:
     """Tile ``images`` into one ``(H', W', C)`` uint8 image, row-major, ``pad`` pixels apart.
 
     Args:
       images: ``(N, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4; floats
-        in ``[0, 1]`` (clipped) or uint8.
+        in ``value_range`` (clipped to it) or uint8 (taken as is).
       ncols: images per row (default ``ceil(sqrt(N))``).
       pad: padding between images (and around them), in pixels, value 0.
+      value_range: ``(low, high)`` of float images, mapped to 0..255
+        (``(-1, 1)`` for the digits models' samples).
 
     Returns:
       ``(rows * (H + pad) + pad, ncols * (W + pad) + pad, C)`` uint8.
@@ -64,7 +69,11 @@ def image_grid(images: Any, ncols: int | None = None, pad: int = 1) -> np.ndarra
             f"got {np.shape(images)}"
         )
     if arr.dtype != np.uint8:
-        arr = np.round(np.clip(arr.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+        low, high = value_range
+        if not high > low:
+            raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+        scaled = (np.clip(arr.astype(np.float64), low, high) - low) / (high - low)
+        arr = np.round(scaled * 255.0).astype(np.uint8)
     n, h, w, c = arr.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
@@ -164,12 +173,24 @@ class TensorBoardLogger(Callback):
     # ------------------------------------------------------------------ #
     # Extras for other callbacks and trainers
     # ------------------------------------------------------------------ #
-    def log_images(self, name: str, images: Any, step: int, *, ncols: int | None = None) -> None:
-        """Log ``images`` (``(N, H, W[, C])``, floats in [0, 1] or uint8) as one grid at ``step``."""
+    def log_images(
+        self,
+        name: str,
+        images: Any,
+        step: int,
+        *,
+        ncols: int | None = None,
+        value_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        """Log ``images`` (``(N, H, W[, C])``, floats in ``value_range`` or uint8) as one grid at ``step``.
+
+        A bad shape raises ``ValueError`` (a caller's bug, not a logger failure).
+        """
         if self.writer is None:
             return
+        grid = image_grid(images, ncols, value_range=value_range)
         try:
-            self.writer.add_image(name, image_grid(images, ncols), int(step), dataformats="HWC")
+            self.writer.add_image(name, grid, int(step), dataformats="HWC")
         except Exception as exc:  # noqa: BLE001
             self._fail("add_image", exc)
 
