@@ -19,6 +19,9 @@ RECIPES: dict[str, str] = {
     "lm-grpo": "artifex_rl.recipes.lm:run_grpo",
     "lm-dpo": "artifex_rl.recipes.lm:run_dpo",
     "lm-reinforce": "artifex_rl.recipes.lm:run_reinforce",
+    "digits-vae": "artifex_rl.recipes.digits.gan:run_vae",
+    "digits-gan": "artifex_rl.recipes.digits.gan:run_gan",
+    "digits-ebm": "artifex_rl.recipes.digits.gan:run_ebm",
 }
 
 
