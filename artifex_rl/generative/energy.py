@@ -9,7 +9,9 @@ Following Du & Mordatch (2019), ``p(x) ∝ exp(-E(x))`` and each step:
    current energy (a ``lax.scan``; the energy is an MLP, see the models' note
    on conv nets in scans),
 
-   ``x <- clip(x - (step_size / 2) grad_x E(x) + noise_std eps, -1, 1)``,
+   ``x <- clip(x - (step_size / 2) clip(grad_x E(x), +-grad_clip) + noise_std eps, -1, 1)``
+   (the per-pixel gradient clip, as in the UvA deep-learning EBM tutorial, keeps
+   early chains from jumping to the box's corners),
 
    writes the chains' ends back to their buffer slots and hands them to the
    loss as ``batch["negatives"]`` (no gradient flows through the chain);
@@ -50,6 +52,7 @@ class EnergyConfig(TrainerConfig):
       buffer_prob: probability that a chain starts from the buffer (else noise).
       alpha: weight of ``E(x+)^2 + E(x-)^2`` (0: off).
       grad_norm_weight: ``gamma``, weight of ``||grad_x E(x+)||^2`` (0: off).
+      grad_clip: per-pixel clip of ``grad_x E`` in a Langevin step (``None``: off).
       image_shape: ``(H, W, C)`` of the data (the buffer's shape).
       unroll: ``unroll`` of the Langevin scan.
     """
@@ -61,6 +64,7 @@ class EnergyConfig(TrainerConfig):
     buffer_prob: float = 0.95
     alpha: float = 1.0
     grad_norm_weight: float = 0.0
+    grad_clip: float | None = None
     image_shape: tuple[int, int, int] = (8, 8, 1)
     unroll: int | bool = 1
 
@@ -80,18 +84,20 @@ class EnergyConfig(TrainerConfig):
 
 
 def langevin_step(energy: Callable[[Array], Array], x: Array, noise: Array, step_size: float,
-                  noise_std: float) -> Array:
-    """One step ``clip(x - step_size/2 grad_x sum E(x) + noise_std noise, -1, 1)``; shapes of ``x``."""
+                  noise_std: float, grad_clip: float | None = None) -> Array:
+    """One step ``clip(x - step_size/2 clip(grad_x sum E(x)) + noise_std noise, -1, 1)``; shapes of ``x``."""
     grad = jax.grad(lambda y: jnp.sum(energy(y)))(x)
+    if grad_clip is not None:
+        grad = jnp.clip(grad, -grad_clip, grad_clip)
     return jnp.clip(x - 0.5 * step_size * grad + noise_std * noise, -1.0, 1.0)
 
 
 def langevin_chain(energy: Callable[[Array], Array], x0: Array, key: Array, steps: int, step_size: float,
-                   noise_std: float, unroll: int | bool = 1) -> Array:
+                   noise_std: float, unroll: int | bool = 1, grad_clip: float | None = None) -> Array:
     """``steps`` Langevin steps from ``x0`` (a ``lax.scan``); returns the chains' ends, shape of ``x0``."""
 
     def body(x, k):
-        return langevin_step(energy, x, jax.random.normal(k, x.shape), step_size, noise_std), None
+        return langevin_step(energy, x, jax.random.normal(k, x.shape), step_size, noise_std, grad_clip), None
 
     x, _ = jax.lax.scan(body, x0, jax.random.split(key, steps), unroll=unroll)
     return x
@@ -136,7 +142,8 @@ class EnergyTrainer(Trainer):
         noise = jax.random.uniform(k_noise, (n, *buffer.shape[1:]), buffer.dtype, -1.0, 1.0)
         start = jnp.where(use[:, None, None, None], buffer[idx], noise)
         samples = jax.lax.stop_gradient(
-            langevin_chain(model, start, k_chain, cfg.langevin_steps, cfg.step_size, cfg.noise_std, cfg.unroll)
+            langevin_chain(model, start, k_chain, cfg.langevin_steps, cfg.step_size, cfg.noise_std, cfg.unroll,
+                           cfg.grad_clip)
         )
         return samples, buffer.at[idx].set(samples)
 
@@ -161,9 +168,10 @@ class EnergyTrainer(Trainer):
             start = buffer[jax.random.choice(k_start, buffer.shape[0], (n,), replace=n > buffer.shape[0])]
         else:
             start = jax.random.uniform(k_start, (n, *buffer.shape[1:]), buffer.dtype, -1.0, 1.0)
-        return _chain(self.model, start, k_chain, steps or cfg.langevin_steps, cfg.step_size, cfg.noise_std)
+        return _chain(self.model, start, k_chain, steps or cfg.langevin_steps, cfg.step_size, cfg.noise_std,
+                      cfg.grad_clip)
 
 
-@nnx.jit(static_argnums=(3, 4, 5))
-def _chain(model, start, key, steps, step_size, noise_std):
-    return langevin_chain(model, start, key, steps, step_size, noise_std)
+@nnx.jit(static_argnums=(3, 4, 5, 6))
+def _chain(model, start, key, steps, step_size, noise_std, grad_clip):
+    return langevin_chain(model, start, key, steps, step_size, noise_std, grad_clip=grad_clip)

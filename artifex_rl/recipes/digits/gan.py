@@ -63,13 +63,13 @@ def _steps(args: Namespace, default: int) -> int:
 
 
 def run_vae(args: Namespace) -> dict:
-    """A conv VAE (latent 16, Bernoulli decoder, KL warm-up, free bits) for 3000 steps."""
+    """A conv VAE (latent 16, Bernoulli decoder, KL warm-up, free bits) for 2000 steps."""
     from artifex_rl.generative.vae import VAE, VAEConfig, VAETrainer
     from artifex_rl.models import ConvDecoder, ConvEncoder
 
-    run = DigitsRun(steps=_steps(args, 3000), log_every=args.log_every or 50)
+    run = DigitsRun(steps=_steps(args, 2000), log_every=args.log_every or 50)
     latent = 16
-    config = VAEConfig(kl_weight=1.0, kl_warmup_steps=1000, free_bits=0.05, seed=args.seed,
+    config = VAEConfig(kl_weight=1.0, kl_warmup_steps=500, free_bits=0.05, seed=args.seed,
                        log_every_n_steps=run.log_every)
     rngs = nnx.Rngs(args.seed)
     model = VAE(ConvEncoder(latent, width=32, rngs=rngs), ConvDecoder(latent, width=32, rngs=rngs))
@@ -100,12 +100,13 @@ def run_gan(args: Namespace) -> dict:
 
 
 def run_ebm(args: Namespace) -> dict:
-    """An MLP energy (Langevin CD, replay buffer) for 3000 steps; samples: buffer chains + 60 steps."""
+    """An MLP energy (Langevin CD, replay buffer) for 2000 steps; samples: buffer chains + 60 steps."""
     from artifex_rl.generative.energy import EnergyConfig, EnergyTrainer
     from artifex_rl.models import EnergyMLP
 
-    run = DigitsRun(steps=_steps(args, 3000), log_every=args.log_every or 50)
-    config = EnergyConfig(langevin_steps=20, step_size=10.0, noise_std=0.005, alpha=1.0, buffer_size=5000,
+    run = DigitsRun(steps=_steps(args, 2000), log_every=args.log_every or 50)
+    config = EnergyConfig(langevin_steps=30, step_size=20.0, noise_std=0.005, grad_clip=0.03, alpha=0.1,
+                          buffer_size=5000,
                           seed=args.seed, log_every_n_steps=run.log_every)
     model = EnergyMLP(hidden=(256, 256), rngs=nnx.Rngs(args.seed))
     lr = 1e-4
