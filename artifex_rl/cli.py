@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppo.add_argument("--update-epochs", type=int, default=None, help="passes over each batch")
     ppo.add_argument("--num-minibatches", type=int, default=None, help="minibatches per pass")
 
-    lm = train.add_argument_group("language-model recipes (lm-grpo, lm-dpo, lm-reinforce)")
+    lm = train.add_argument_group("language-model and digits recipes (lm-*, digits-*)")
     lm.add_argument("--steps", type=int, default=None, help="RL steps (default per recipe)")
     lm.add_argument("--task", default=None, help="digit_sum or sort_digits")
     train.add_argument("--log-every", type=int, default=None,

@@ -4,6 +4,9 @@
 trains the tiny regression model with a ModelCheckpoint + EarlyStopping +
 MetricsLogger and writes the final state and callback states to ``F`` (npz).
 
+``run-gan`` / ``run-ebm`` (same options): a tiny GAN (two optimizers) / energy model
+(replay buffer) on digits, for ``tests/test_gan.py`` and ``tests/test_energy.py``.
+
 ``run-ppo`` (same options) does the same for PPO on CartPole fed by a gymnax
 rollout source fused into the compiled step (``steps_per_execution=2``).
 
@@ -161,6 +164,46 @@ def run_two(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
     }
 
 
+def _digits_fit(trainer, ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
+    """Fit ``trainer`` on 96 digits in batches of 16 (a resume lands mid-epoch), checkpointed every 4 steps."""
+    from artifex_rl.data import ArrayDataLoader, load_digits_split
+
+    loader = ArrayDataLoader({"images": load_digits_split().train_images[:96]}, 16, seed=3)
+    logger = MetricsLogger(run_dir, plot=False, parameter_overview=False, write_csv=False)
+    checkpoint = ModelCheckpoint(CheckpointConfig(ckpt_dir, save_top_k=1, every_n_train_steps=4))
+    trainer.fit(loader, max_steps=max_steps, max_epochs=None, callbacks=[logger, checkpoint],
+                ckpt_path="last" if resume else None)
+    return {"state": flat_state(trainer.train_state), "global_step": trainer.global_step,
+            "current_epoch": trainer.current_epoch, "rows": logger.rows()}
+
+
+def run_gan(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
+    """A tiny WGAN-GP (critic twice per step; Adam for G, RMSProp for D) on digits."""
+    import optax
+
+    from artifex_rl.generative.gan import GANConfig, GANTrainer
+    from artifex_rl.models import Discriminator, Generator
+
+    models = {"generator": Generator(8, width=4, rngs=nnx.Rngs(0)),
+              "discriminator": Discriminator(width=4, rngs=nnx.Rngs(1))}
+    optimizers = {"generator": optax.adam(1e-3, b1=0.5), "discriminator": optax.rmsprop(1e-3)}
+    trainer = GANTrainer(models, optimizers, GANConfig(loss_type="wgan_gp", n_critic=2, latent_dim=8,
+                                                       log_every_n_steps=2))
+    return _digits_fit(trainer, ckpt_dir, run_dir, max_steps, resume)
+
+
+def run_ebm(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
+    """A tiny energy MLP with a 64-chain replay buffer (3 Langevin steps) on digits."""
+    import optax
+
+    from artifex_rl.generative.energy import EnergyConfig, EnergyTrainer
+    from artifex_rl.models import EnergyMLP
+
+    config = EnergyConfig(langevin_steps=3, buffer_size=64, grad_norm_weight=0.1, log_every_n_steps=2)
+    trainer = EnergyTrainer(EnergyMLP(hidden=(16,), rngs=nnx.Rngs(0)), optax.adam(1e-3), config)
+    return _digits_fit(trainer, ckpt_dir, run_dir, max_steps, resume)
+
+
 def save_outcome(outcome: dict, path: str) -> None:
     meta = {k: v for k, v in outcome.items() if k != "state"}
     np.savez(path, __meta__=json.dumps(meta), **outcome["state"])
@@ -195,7 +238,7 @@ def load_model_main(ckpt: str, out: str, exit_save: str | None) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["run", "run-ppo", "run-two", "run-interrupted", "crash-writer", "load-model"])
+    parser.add_argument("command", choices=["run", "run-ppo", "run-two", "run-gan", "run-ebm", "run-interrupted", "crash-writer", "load-model"])
     parser.add_argument("--ckpt-dir")
     parser.add_argument("--run-dir")
     parser.add_argument("--ckpt")
@@ -204,8 +247,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out")
     parser.add_argument("--exit-save")
     args = parser.parse_args(argv)
-    if args.command in ("run", "run-ppo", "run-two", "run-interrupted"):
-        fn = {"run": run, "run-ppo": run_ppo, "run-two": run_two, "run-interrupted": run_interrupted}[args.command]
+    if args.command in ("run", "run-ppo", "run-two", "run-gan", "run-ebm", "run-interrupted"):
+        fn = {"run": run, "run-ppo": run_ppo, "run-two": run_two, "run-gan": run_gan, "run-ebm": run_ebm,
+              "run-interrupted": run_interrupted}[args.command]
         save_outcome(fn(args.ckpt_dir, args.run_dir, args.max_steps, args.resume), args.out)
     elif args.command == "crash-writer":
         crash_writer(args.ckpt_dir)

@@ -13,6 +13,9 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "AutoregressiveTrainer": "artifex_rl.autoregressive",
+    "VAETrainer": "artifex_rl.generative.vae",
+    "GANTrainer": "artifex_rl.generative.gan",
+    "EnergyTrainer": "artifex_rl.generative.energy",
 }
 
 __all__ = sorted(_EXPORTS)

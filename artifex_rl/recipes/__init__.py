@@ -29,6 +29,8 @@ ENV_OPTIONS = frozenset({
 PPO_OPTIONS = frozenset({"gae_lambda", "clip_param", "vf_coeff", "update_epochs", "num_minibatches"})
 #: Options of the language-model recipes.
 LM_OPTIONS = frozenset({"steps", "task", "log_every"})
+#: Options of the digits generative recipes.
+DIGITS_OPTIONS = frozenset({"steps", "log_every"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +77,16 @@ RECIPE_INFO: dict[str, RecipeInfo] = {
     "lm-reinforce": RecipeInfo(
         "artifex_rl.recipes.lm:run_reinforce",
         "pre-train a tiny LM on a digit task, then REINFORCE on fresh completions", LM_OPTIONS,
+    ),
+    "digits-vae": RecipeInfo(
+        "artifex_rl.recipes.digits.gan:run_vae", "a VAE on the UCI digits (samples, cFD)", DIGITS_OPTIONS,
+    ),
+    "digits-gan": RecipeInfo(
+        "artifex_rl.recipes.digits.gan:run_gan", "a GAN on the UCI digits (two models, two optimizers)", DIGITS_OPTIONS,
+    ),
+    "digits-ebm": RecipeInfo(
+        "artifex_rl.recipes.digits.gan:run_ebm", "an energy-based model on the UCI digits (Langevin, replay buffer)",
+        DIGITS_OPTIONS,
     ),
 }
 
