@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-from artifex_rl.rewards import call_reward
+from artifex_rl.rewards import RewardFunctionError, call_reward, reward_name
 from artifex_rl.rl.policies import token_entropies, token_log_probs
 
 Array = jax.Array
@@ -328,6 +328,11 @@ def reward_is_jittable(reward_fn: Any, completions: Completions, conditions: Any
         )
     except HOST_ONLY_ERRORS:
         return False
+    except Exception as exc:  # noqa: BLE001 - the user's reward failed: name it
+        raise RewardFunctionError(
+            f"reward function {reward_name(reward_fn)} ({reward_fn!r}) raised {type(exc).__name__} "
+            f"while traced with abstract inputs: {exc}"
+        ) from exc
     return True
 
 
