@@ -251,3 +251,12 @@ def test_a_metrics_file_on_a_full_disk_is_dropped_and_training_goes_on(tmp_path)
     assert "global_step 20" in proc.stdout
     assert proc.stderr.count("MetricsLogger failed in on_log") == 1, proc.stderr[-3000:]
     assert 0 < os.path.getsize(tmp_path / "run" / "metrics.jsonl") <= 400
+
+
+def test_a_failing_checkpoint_save_is_an_error(tmp_path):
+    """A checkpoint callback is not a logger: a save that cannot be written stops the run (never a silent gap)."""
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file where the checkpoint directory should go")
+    ckpt = ModelCheckpoint(CheckpointConfig(str(blocker / "ckpt"), every_n_train_steps=2, async_save=False))
+    with pytest.raises(OSError):
+        _trainer().fit(regression_batches(4), max_steps=4, max_epochs=None, callbacks=[ckpt])
