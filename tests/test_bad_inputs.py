@@ -314,7 +314,19 @@ def test_auto_policy_reads_the_model_output_for_reinforce_and_ppo():
     assert np.isfinite(float(reinforce(Gaussian(), policy="auto").train_step(batch)["loss"]))
     pbatch = ppo_batch(actions=batch["actions"])
     assert np.isfinite(float(ppo(ActorCritic(gaussian=True), policy="auto").train_step(pbatch)["loss"]))
-    assert np.isfinite(float(reinforce(policy="auto").train_step(reinforce_batch())["loss"]))
+
+
+def test_auto_policy_heads():
+    from artifex_rl.distributions import CategoricalPolicy, GaussianPolicy, TokenPolicy
+
+    trainer = reinforce(policy="auto")
+    logits, pair = jnp.zeros((3, 2)), (jnp.zeros((3, 2)), jnp.zeros((3, 2)))
+    assert isinstance(trainer.resolve_policy(np.zeros(3, np.int32), output=logits), CategoricalPolicy)
+    assert isinstance(trainer.resolve_policy(np.zeros((3, 2), np.float32), output=pair), GaussianPolicy)
+    assert isinstance(trainer.resolve_policy(np.zeros((3, 4), np.int32)), TokenPolicy)
+    assert isinstance(trainer.resolve_policy(np.zeros(3, np.int32)), CategoricalPolicy)
+    assert isinstance(trainer.resolve_policy(tokens=True), TokenPolicy)
+    assert isinstance(reinforce().resolve_policy(output=pair), CategoricalPolicy)  # a fixed head stays
 
 
 def test_resolve_policy_is_pure():
