@@ -143,9 +143,11 @@ class CallbackList:
 
     ``dispatch("on_log", trainer, metrics, step)`` calls
     ``cb.on_log(trainer, metrics, step)`` for each callback. Exceptions from a
-    callback propagate (a broken callback should stop the run), except while
-    handling ``on_exception``, where every callback must get its chance to
-    clean up.
+    callback propagate (a broken callback should stop the run), except from a
+    callback with ``log_may_lag = True`` (a logger, which only records): it is
+    reported once with ``logging.error`` and disabled, and training goes on;
+    and except while handling ``on_exception``, where every callback must get
+    its chance to clean up.
     """
 
     def __init__(self, callbacks: Iterable[Callback] = ()):
@@ -153,12 +155,16 @@ class CallbackList:
         # Only hooks some callback actually overrides are called in the hot
         # loop; a step with no interested callback pays no Python call at all.
         self._active: dict[str, list[Callback]] = {}
+        #: state keys of the callbacks disabled after a failure (see :meth:`dispatch`)
+        self.disabled: list[str] = []
+        self._off: set[int] = set()
 
     def _listeners(self, hook: str) -> list[Callback]:
         if hook not in self._active:
             base = getattr(Callback, hook)
             self._active[hook] = [
-                cb for cb in self.callbacks if getattr(type(cb), hook, base) is not base
+                cb for cb in self.callbacks
+                if getattr(type(cb), hook, base) is not base and id(cb) not in self._off
             ]
         return self._active[hook]
 
@@ -168,7 +174,29 @@ class CallbackList:
 
     def dispatch(self, hook: str, *args: Any) -> None:
         for cb in self._listeners(hook):
-            getattr(cb, hook)(*args)
+            if not cb.log_may_lag:
+                getattr(cb, hook)(*args)
+                continue
+            # A logger (log_may_lag: it only records) that fails -- a W&B
+            # outage, a full disk under the metrics file -- must not end hours
+            # of training: it is reported once and switched off.
+            try:
+                getattr(cb, hook)(*args)
+            except Exception:  # noqa: BLE001 - reported, and the callback is disabled
+                self.disable(cb, hook)
+
+    def disable(self, cb: Callback, hook: str) -> None:
+        """Report ``cb``'s failure in ``hook`` once (with its traceback) and call it no more."""
+        _log.error(
+            "callback %s failed in %s and is disabled for the rest of this run (training continues)",
+            cb.state_key, hook, exc_info=True,
+        )
+        # It stays in self.callbacks: its state is still saved with checkpoints.
+        self.disabled.append(cb.state_key)
+        self._off.add(id(cb))
+        for listeners in self._active.values():
+            if cb in listeners:
+                listeners.remove(cb)
 
     def dispatch_exception(self, trainer: Trainer, exception: BaseException) -> None:
         for cb in self._listeners("on_exception"):

@@ -68,7 +68,7 @@ def _describe(reward_fn: Any) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def validate_rewards(rewards: Any, batch_size: int, reward_fn: Any = None) -> Array:
+def validate_rewards(rewards: Any, batch_size: int, reward_fn: Any = None, *, allow_nonfinite: bool = False) -> Array:
     """Check a reward function's output and return it as a float array.
 
     Checks that ``rewards`` has shape ``(batch_size,)`` and, when its values
@@ -80,6 +80,8 @@ def validate_rewards(rewards: Any, batch_size: int, reward_fn: Any = None) -> Ar
       rewards: the output of ``reward_fn``.
       batch_size: the expected ``B``.
       reward_fn: the function that produced ``rewards``, named in errors.
+      allow_nonfinite: accept NaN/inf (unscorable samples, which a trainer
+        such as GRPO leaves out of its statistics) instead of raising.
 
     Returns:
       ``rewards`` as a floating jax array of shape ``(batch_size,)``.
@@ -95,7 +97,7 @@ def validate_rewards(rewards: Any, batch_size: int, reward_fn: Any = None) -> Ar
     rewards = jnp.asarray(rewards)
     if not jnp.issubdtype(rewards.dtype, jnp.floating):
         rewards = rewards.astype(jnp.float32)
-    if not isinstance(rewards, jax.core.Tracer):
+    if not allow_nonfinite and not isinstance(rewards, jax.core.Tracer):
         bad = np.flatnonzero(~np.isfinite(np.asarray(rewards)))
         if bad.size:
             raise ValueError(
@@ -103,6 +105,46 @@ def validate_rewards(rewards: Any, batch_size: int, reward_fn: Any = None) -> Ar
                 f"{' ...' if bad.size > 10 else ''}"
             )
     return rewards
+
+
+class RewardFunctionError(RuntimeError):
+    """A user's reward function raised; the message names the function (and the step when known).
+
+    The original exception is chained as ``__cause__``.
+    """
+
+
+def reward_name(reward_fn: Any) -> str:
+    """The reward function's name: ``__qualname__`` of a function, else its class name."""
+    name = getattr(reward_fn, "__qualname__", None) or getattr(reward_fn, "__name__", None)
+    return name if isinstance(name, str) else type(reward_fn).__name__
+
+
+def call_reward(reward_fn: Any, samples: Any, conditions: Any = None, *, step: int | None = None, **kwargs: Any) -> Array:
+    """``reward_fn(samples, conditions, **kwargs)``, checked, with unscorable samples as NaN.
+
+    A ``None`` for a sample (a list/tuple/object-array output) becomes NaN:
+    the sample cannot be scored and a trainer leaves it out (GRPO gives it
+    advantage 0). Non-finite rewards are accepted (``allow_nonfinite``); the
+    shape must be ``(B,)``.
+
+    Raises:
+      RewardFunctionError: the reward function raised; names it (and ``step``).
+      ValueError: a wrong shape, naming the function.
+    """
+    try:
+        rewards = reward_fn(samples, conditions, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the function's name
+        if type(exc).__name__ == "RewardNotJittableError" or isinstance(exc, jax.errors.JAXTypeError):
+            raise  # a trace-time signal, not the user's failure
+        at = f"at step {step}: " if step is not None else ""
+        raise RewardFunctionError(
+            f"{at}reward function {reward_name(reward_fn)} ({_describe(reward_fn)}) raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(rewards, (list, tuple)) or (isinstance(rewards, np.ndarray) and rewards.dtype == object):
+        rewards = np.asarray([np.nan if r is None else float(r) for r in rewards], np.float32)
+    return validate_rewards(rewards, batch_size_of(samples), reward_fn, allow_nonfinite=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +247,11 @@ __all__ = [
     "CompositeReward",
     "ConstantReward",
     "RewardFunction",
+    "RewardFunctionError",
     "ScaledReward",
     "ThresholdReward",
     "batch_size_of",
+    "call_reward",
+    "reward_name",
     "validate_rewards",
 ]

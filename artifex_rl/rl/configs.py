@@ -18,7 +18,7 @@ from artifex_rl.config import TrainerConfig
 from artifex_rl.rl.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KL_ESTIMATORS, SCALE_REWARDS
 
 POLICIES = ("categorical", "gaussian", "tokens")
-#: GRPO and DPO may also infer the policy head from the actions (see RLTrainer.resolve_policy).
+#: Every RL trainer may also infer the policy head from the actions (see RLTrainer.resolve_policy).
 POLICIES_OR_AUTO = (*POLICIES, "auto")
 
 
@@ -53,7 +53,8 @@ class REINFORCEConfig(TrainerConfig):
       entropy_coeff: weight of the entropy bonus.
       policy: how the model's output is read: ``"categorical"`` (logits),
         ``"gaussian"`` (mean, log_std) or ``"tokens"`` (a causal LM scoring
-        completions; each sequence is one episode with reward ``(B,)``).
+        completions; each sequence is one episode with reward ``(B,)``), or
+        ``"auto"``: Gaussian when the model returns a pair, else categorical.
       mask_unfinished_episodes: with ``dones`` in the batch, leave out the
         steps after a row's last ``done``: their episode goes on past the
         window, so their return is truncated (Williams' estimator needs whole
@@ -71,7 +72,7 @@ class REINFORCEConfig(TrainerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_range("gamma", self.gamma, 0.0, 1.0)
-        _check("policy", self.policy, POLICIES)
+        _check("policy", self.policy, POLICIES_OR_AUTO)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,8 @@ class PPOConfig(TrainerConfig):
       normalize_advantages: standardise advantages per minibatch.
       target_kl: stop this batch's remaining updates once a minibatch's
         approximate KL exceeds this (``None``: never).
-      policy: ``"categorical"`` or ``"gaussian"``.
+      policy: ``"categorical"``, ``"gaussian"`` or ``"auto"`` (Gaussian when
+        the model's policy output is a pair ``(mean, log_std)``).
     """
 
     gamma: float = 0.99
@@ -114,7 +116,7 @@ class PPOConfig(TrainerConfig):
         _check_positive("clip_param", self.clip_param, _CLIP_WHY)
         _check_range("update_epochs", self.update_epochs, 1)
         _check_range("num_minibatches", self.num_minibatches, 1)
-        _check("policy", self.policy, ("categorical", "gaussian"))
+        _check("policy", self.policy, ("categorical", "gaussian", "auto"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from artifex_rl.batches import canonical, check_shape, require
+from artifex_rl.batches import canonical, check_leading, check_shape, require
 from artifex_rl.core.loss_terms import LossTerm
 from artifex_rl.distributions import PolicyHead, score_sequences
 from artifex_rl.events import Callback
@@ -80,6 +80,14 @@ class DPOTrainer(RLTrainer):
             elif reference_model is not None:
                 self.set_reference_model(reference_model)
 
+    def index_keys(self, batch):
+        if "chosen" not in batch:
+            return []
+        if self.is_tokens(self.resolve_policy(batch.get("chosen"))):
+            return [("observations", None, "token"), ("chosen", "chosen_mask", "token"),
+                    ("rejected", "rejected_mask", "token")]
+        return [("chosen", None, "action"), ("rejected", None, "action")]
+
     def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
         batch = canonical(batch)
         who = type(self).__name__
@@ -93,11 +101,13 @@ class DPOTrainer(RLTrainer):
             )
         require(batch, ["observations", "chosen", "rejected"], who)
         obs, chosen, rejected = batch["observations"], batch["chosen"], batch["rejected"]
-        self.resolve_policy(chosen)
+        head = self.resolve_policy(chosen)
         b = jnp.shape(chosen)[0]
         check_shape("rejected", rejected, jnp.shape(chosen), who)
         prepared = {"observations": obs, "chosen": chosen, "rejected": rejected}
-        if self.is_token_policy:
+        if not self.is_tokens(head):
+            check_leading("observations", obs, (b,), who)
+        if self.is_tokens(head):
             check_shape("prompts", obs, (b, None), who)
             check_shape("chosen", chosen, (b, None), who)
             for key in ("chosen_mask", "rejected_mask"):
@@ -126,7 +136,8 @@ class DPOTrainer(RLTrainer):
     def _sequence_log_probs(self, model, batch) -> tuple[Array, Array]:
         """Summed log-probs of chosen and rejected, from one forward pass over both."""
         b = batch["chosen"].shape[0]
-        if self.is_token_policy:
+        head = self.resolve_policy(batch["chosen"])
+        if self.is_tokens(head):
             prompts = jnp.concatenate([batch["observations"]] * 2, axis=0)
             completions = jnp.concatenate([batch["chosen"], batch["rejected"]], axis=0)
             masks = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
@@ -134,16 +145,16 @@ class DPOTrainer(RLTrainer):
             seq = masked_sum(token_logp, masks, axis=-1)
         else:
             output = model(batch["observations"])
-            seq = jnp.concatenate(
-                [self.policy.log_prob(output, batch["chosen"]), self.policy.log_prob(output, batch["rejected"])]
-            )
+            self.check_output_fits(head, output)
+            seq = jnp.concatenate([head.log_prob(output, batch["chosen"]), head.log_prob(output, batch["rejected"])])
         return seq[:b], seq[b:]
 
     def compute_loss(self, model, batch, rng):
         cfg = self.config
         chosen, rejected = self._sequence_log_probs(model, batch)
+        tokens_policy = self.is_tokens(self.resolve_policy(batch["chosen"]))
         lengths = {}
-        if cfg.reference_free and self.is_token_policy:
+        if cfg.reference_free and tokens_policy:
             lengths = {
                 "chosen_lengths": jnp.sum(batch["chosen_mask"], axis=-1),
                 "rejected_lengths": jnp.sum(batch["rejected_mask"], axis=-1),
@@ -171,7 +182,7 @@ class DPOTrainer(RLTrainer):
         if cfg.nll_coeff > 0:
             # Per-token NLL of the chosen completions (RPO): their summed
             # log-probs over the batch divided by their token count.
-            tokens = jnp.sum(batch["chosen_mask"]) if self.is_token_policy else jnp.asarray(pairs, jnp.float32)
+            tokens = jnp.sum(batch["chosen_mask"]) if tokens_policy else jnp.asarray(pairs, jnp.float32)
             nll = -jnp.sum(chosen) / jnp.maximum(tokens, 1.0)
             loss = (*loss, LossTerm(-cfg.nll_coeff * jnp.sum(chosen), tokens))
             extra = {"chosen_nll": nll}

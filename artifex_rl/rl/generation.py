@@ -31,8 +31,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
+from artifex_rl.rewards import RewardFunctionError, call_reward, reward_name
 from artifex_rl.rl.policies import token_entropies, token_log_probs
-from artifex_rl.rl.rewards import validate_rewards
 
 Array = jax.Array
 
@@ -328,15 +328,21 @@ def reward_is_jittable(reward_fn: Any, completions: Completions, conditions: Any
         )
     except HOST_ONLY_ERRORS:
         return False
+    except Exception as exc:  # noqa: BLE001 - the user's reward failed: name it
+        raise RewardFunctionError(
+            f"reward function {reward_name(reward_fn)} ({reward_fn!r}) raised {type(exc).__name__} "
+            f"while traced with abstract inputs: {exc}"
+        ) from exc
     return True
 
 
 def score_rewards(reward_fn: Any, completions: Completions, conditions: Any) -> Array:
-    """``reward_fn(tokens, conditions, completion_mask=mask)``, checked: ``(B,)`` float (finite, on the host).
+    """``reward_fn(tokens, conditions, completion_mask=mask)``, checked: ``(B,)`` float (NaN where unscorable).
 
     Raises:
       RewardNotJittableError: inside a trace, when the reward needs concrete values.
-      ValueError: a wrong shape, or non-finite rewards computed on the host.
+      RewardFunctionError: the reward function raised (names it).
+      ValueError: a wrong shape. NaN/inf/None rewards are accepted: unscorable samples.
     """
     if isinstance(completions.tokens, jax.core.Tracer) and not reward_is_jittable(
         reward_fn, completions, conditions
@@ -347,8 +353,8 @@ def score_rewards(reward_fn: Any, completions: Completions, conditions: Any) -> 
             "completion_mask), or call it outside jit: GRPOTrainer.train_step/train_steps do that "
             "(compiled sampling, rewards on the host, compiled update)"
         )
-    rewards = reward_fn(completions.tokens, conditions, completion_mask=completions.completion_mask)
-    return validate_rewards(rewards, completions.tokens.shape[0], reward_fn)
+    # Checked in artifex_rl.rewards: an exception names the function, None/NaN mark unscorable samples.
+    return call_reward(reward_fn, completions.tokens, conditions, completion_mask=completions.completion_mask)
 
 
 def sample_and_score(

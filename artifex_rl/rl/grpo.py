@@ -57,6 +57,7 @@ offers a host-batch hook and its own cache reset.)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -68,10 +69,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from artifex_rl.batches import canonical, check_shape, require
+from artifex_rl.batches import canonical, check_leading, check_shape, require
 from artifex_rl.core.rng import HOST_SAMPLE, stream_key
 from artifex_rl.distributions import PolicyHead
 from artifex_rl.events import Callback
+from artifex_rl.rewards import RewardFunctionError
 from artifex_rl.rl.base import REFERENCE, RLTrainer
 from artifex_rl.rl.configs import GRPOConfig
 from artifex_rl.rl.generation import (
@@ -156,6 +158,11 @@ class GRPOTrainer(RLTrainer):
 
     # ------------------------------------------------------------ online mode
     def train_step(self, batch, reward_fn: Callable[..., Array] | None = None, key: Array | None = None):
+        """One GRPO step (see :meth:`_train_step`); a failing reward function is named with the step."""
+        with _reward_errors_at(self.global_step):
+            return self._train_step(batch, reward_fn, key)
+
+    def _train_step(self, batch, reward_fn: Callable[..., Array] | None = None, key: Array | None = None):
         """One GRPO step. With ``rewards`` in ``batch``: the offline step. Without:
         sample ``G`` completions per prompt with ``sample_fn``, reward them with
         ``reward_fn`` (or the constructor's), then update. ``key`` seeds the
@@ -186,7 +193,10 @@ class GRPOTrainer(RLTrainer):
         batch instead (sampling must see the latest parameters); the metrics
         are stacked the same way.
         """
-        batches = list(batches)
+        with _reward_errors_at(self.global_step):
+            return self._train_steps(list(batches))
+
+    def _train_steps(self, batches: list[Any]):
         if all("rewards" in b for b in batches):
             return super().train_steps(batches)
         self._require_reward_fn()
@@ -228,7 +238,6 @@ class GRPOTrainer(RLTrainer):
     def _host_reward_step(self, batch: dict[str, Any]):
         """Compiled sampling, rewards on the host, then the compiled offline update."""
         group_size = _group_size(batch, self.config, type(self).__name__)
-        self.resolve_policy(tokens=True)
         key = batch.get("sample_key")
         if key is None:
             # A stream of its own, derived like the step's: (seed key, step).
@@ -247,6 +256,16 @@ class GRPOTrainer(RLTrainer):
         return metrics
 
     # ---------------------------------------------------------- the step
+    def check_host_rewards(self, batch) -> None:
+        """Non-finite rewards are allowed: their samples are left out of the group statistics."""
+
+    def index_keys(self, batch):
+        if "rewards" in batch and "actions" not in batch:
+            return []
+        if self.is_tokens(self.resolve_policy(batch.get("actions"), tokens="rewards" not in batch)):
+            return [("observations", "prompt_mask", "token"), ("actions", "completion_mask", "token")]
+        return [("actions", None, "action")]
+
     def update_schedule(self) -> tuple[int, int]:
         return self.config.num_iterations, 1
 
@@ -255,7 +274,8 @@ class GRPOTrainer(RLTrainer):
         who = type(self).__name__
         group_size = _group_size(batch, self.config, who)
         outputs = {}
-        self.resolve_policy(batch.get("actions"), tokens="rewards" not in batch)
+        head = self.resolve_policy(batch.get("actions"), tokens="rewards" not in batch)
+        tokens = self.is_tokens(head)
         if "rewards" not in batch:  # online: sample and score inside this compiled step
             self._require_reward_fn()
             # A reward that needs concrete values raises RewardNotJittableError
@@ -278,13 +298,16 @@ class GRPOTrainer(RLTrainer):
                 f"groups of group_size={group_size} consecutive completions ({b} % {group_size} != 0)"
             )
         obs, actions = batch["observations"], batch["actions"]
-        if self.is_token_policy:
+        if tokens:
             check_shape("observations", obs, (b, None), who)
             check_shape("actions", actions, (b, None), who)
             per_sample = actions.shape
             mask = jnp.asarray(batch.get("completion_mask", jnp.ones(per_sample)), jnp.float32)
             check_shape("completion_mask", mask, per_sample, who)
         else:
+            # one observation row per completion (repeat a prompt's row G times)
+            check_leading("observations", obs, (b,), who)
+            check_leading("actions", actions, (b,), who)
             per_sample = (b,)
             mask = jnp.ones((b,), jnp.float32)
 
@@ -296,7 +319,7 @@ class GRPOTrainer(RLTrainer):
             check_shape("prompt_mask", prompt_mask, obs.shape, who)
         old_log_probs = batch.get("log_probs")
         if old_log_probs is None:
-            old_log_probs = self._log_probs(model, obs, actions, prompt_mask)
+            old_log_probs = self._log_probs(model, obs, actions, prompt_mask, head)
         check_shape("log_probs", old_log_probs, per_sample, who)
 
         real = mask.reshape(per_sample) > 0
@@ -319,7 +342,9 @@ class GRPOTrainer(RLTrainer):
             check_shape("ref_log_probs", batch["ref_log_probs"], per_sample, who)
             prepared["ref_log_probs"] = valid_only(batch["ref_log_probs"])
         elif self.config.beta > 0 and REFERENCE in frozen:
-            prepared["ref_log_probs"] = valid_only(self._log_probs(frozen[REFERENCE], obs, actions, prompt_mask))
+            prepared["ref_log_probs"] = valid_only(
+                self._log_probs(frozen[REFERENCE], obs, actions, prompt_mask, head)
+            )
         elif self.config.beta > 0:
             raise ValueError(
                 f"{who}: beta={self.config.beta} > 0 asks for a KL penalty, but there is no reference: "
@@ -334,7 +359,7 @@ class GRPOTrainer(RLTrainer):
             / jnp.maximum(jnp.sum(jnp.isfinite(rewards)), 1),
             **group_metrics,
         }
-        if self.is_token_policy:
+        if tokens:
             metrics["completion_length"] = jnp.mean(jnp.sum(mask, axis=-1))
         prepared["metrics"] = metrics
         prepared["outputs"] = outputs
@@ -347,23 +372,27 @@ class GRPOTrainer(RLTrainer):
             model, prompts, completions, temperature=self.config.temperature, prompt_mask=prompt_mask
         )
 
-    def _log_probs(self, model, obs, actions, prompt_mask=None) -> Array:
-        if self.is_token_policy:
+    def _log_probs(self, model, obs, actions, prompt_mask, head: PolicyHead) -> Array:
+        if self.is_tokens(head):
             return jax.lax.stop_gradient(self._score_tokens(model, obs, actions, prompt_mask)[0])
-        return jax.lax.stop_gradient(self.policy.log_prob(model(obs), actions))
+        output = model(obs)
+        self.check_output_fits(head, output)
+        return jax.lax.stop_gradient(head.log_prob(output, actions))
 
     def compute_loss(self, model, batch, rng):
         cfg = self.config
         mask = batch["completion_mask"]
-        if self.is_token_policy:
+        head = self.resolve_policy(batch["actions"])
+        if self.is_tokens(head):
             log_probs, entropy = self._score_tokens(
                 model, batch["observations"], batch["actions"], batch.get("prompt_mask")
             )
         else:
             output = model(batch["observations"])
+            self.check_output_fits(head, output)
             # One "token" per sample, so the token aggregations reduce to a batch mean.
-            log_probs = self.policy.log_prob(output, batch["actions"])[:, None]
-            entropy = self.policy.entropy(output)[:, None]
+            log_probs = head.log_prob(output, batch["actions"])[:, None]
+            entropy = head.entropy(output)[:, None]
             mask = mask[:, None]
         old = batch["old_log_probs"].reshape(log_probs.shape)
         surrogate = clipped_surrogate_per_element(
@@ -392,6 +421,17 @@ class GRPOTrainer(RLTrainer):
 # --------------------------------------------------------------------------- #
 # Online sampling helpers
 # --------------------------------------------------------------------------- #
+@contextlib.contextmanager
+def _reward_errors_at(step: int):
+    """Add the step to a :class:`RewardFunctionError` raised inside (the user's reward raised)."""
+    try:
+        yield
+    except RewardFunctionError as err:
+        if "at step" in str(err):
+            raise
+        raise RewardFunctionError(f"GRPOTrainer at step {step}: {err}") from err.__cause__
+
+
 def _check_sampling_settings(config: GRPOConfig) -> None:
     """C-M6: GRPO optimises ``softmax(logits / temperature)``; it must be the sampling distribution."""
     if config.temperature <= 0:

@@ -54,12 +54,21 @@ from artifex_rl.rl.reinforce import _zero_padding
 
 def _split_model_output(output: Any, who: str) -> tuple[Any, jax.Array]:
     if not (isinstance(output, (tuple, list)) and len(output) == 2):
+        got = f"an array of shape {jnp.shape(output)}" if not isinstance(output, (tuple, list)) else (
+            f"a {type(output).__name__} of {len(output)}")
         raise TypeError(
-            f"{who} needs an actor-critic model returning (policy_output, value); "
-            f"got {type(output).__name__}"
+            f"{who} needs an actor-critic model returning (policy_output, value) with value (N,) or (N, 1); "
+            f"got {got} (a policy-only model: use REINFORCETrainer or add a value head)"
         )
     policy_output, value = output
-    return policy_output, jnp.reshape(value, jnp.shape(value)[:1])
+    n = jnp.shape(value)[:1]
+    if jnp.ndim(value) > 2 or (jnp.ndim(value) == 2 and jnp.shape(value)[1] != 1):
+        raise TypeError(
+            f"{who} needs an actor-critic model returning (policy_output, value) with value (N,) or (N, 1); "
+            f"the second output has shape {jnp.shape(value)}: is this a Gaussian policy's (mean, log_std) "
+            "without a value head?"
+        )
+    return policy_output, jnp.reshape(value, n)
 
 
 def _masked_var(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -77,6 +86,10 @@ class PPOTrainer(RLTrainer):
 
     config_class = PPOConfig
     config: PPOConfig
+    expects_value_output = True
+
+    def index_keys(self, batch):
+        return [("actions", "mask", "action")]
 
     def update_schedule(self) -> tuple[int, int]:
         return self.config.update_epochs, self.config.num_minibatches
@@ -149,8 +162,10 @@ class PPOTrainer(RLTrainer):
         cfg = self.config
         mask = batch.get("mask")
         policy_output, value = _split_model_output(model(batch["observations"]), type(self).__name__)
-        log_prob = self.policy.log_prob(policy_output, batch["actions"])
-        entropy = masked_mean(self.policy.entropy(policy_output), mask)
+        head = self.resolve_policy(batch["actions"], output=policy_output)
+        self.check_output_fits(head, policy_output)
+        log_prob = head.log_prob(policy_output, batch["actions"])
+        entropy = masked_mean(head.entropy(policy_output), mask)
 
         advantages = batch["advantages"]
         if cfg.normalize_advantages:

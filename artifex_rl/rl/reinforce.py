@@ -46,6 +46,11 @@ class REINFORCETrainer(RLTrainer):
     config_class = REINFORCEConfig
     config: REINFORCEConfig
 
+    def index_keys(self, batch):
+        if self.is_token_policy:
+            return [("observations", None, "token"), ("actions", "completion_mask", "token")]
+        return [("actions", "mask", "action")]
+
     def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
         batch = canonical(batch)
         who = type(self).__name__
@@ -123,9 +128,11 @@ class REINFORCETrainer(RLTrainer):
         else:
             mask = batch.get("mask")
             output = model(batch["observations"])
-            log_prob = self.policy.log_prob(output, batch["actions"])
+            head = self.resolve_policy(batch["actions"], output=output)
+            self.check_output_fits(head, output)
+            log_prob = head.log_prob(output, batch["actions"])
             policy_loss = -masked_mean(log_prob * returns, mask)
-            entropy = masked_mean(self.policy.entropy(output), mask)
+            entropy = masked_mean(head.entropy(output), mask)
         loss = policy_loss - self.config.entropy_coeff * entropy
         if mask is not None and not self.is_token_policy:
             # Every term is a mean over the valid steps: as (sum, count) the loss
