@@ -471,7 +471,7 @@ def test_metrics_logger_rows_csv_png_and_resume_truncation(tmp_path):
     assert [r["step"] for r in rows] == [4, 8, 12, 16]
     assert rows == [{"step": s, **m} for s, m in recorder.logs]  # exact floats via JSON
     csv_lines = (run_dir / "metrics.csv").read_text().splitlines()
-    assert csv_lines[0] == "step,loss,mae" and len(csv_lines) == 5
+    assert csv_lines[0] == "step,loss,mae,skipped_step" and len(csv_lines) == 5
     png = (run_dir / "metrics.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "l1/kernel" in (run_dir / "parameters.txt").read_text()
