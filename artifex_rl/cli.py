@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Weights & Biases mode (default: disabled; offline needs no account)")
     train.add_argument("--wandb-project", default="artifex-rl")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--unconditional", action="store_true", help="digits-diffusion/-flow: no class labels")
     sub.add_parser("list", help="list the recipes")
     return parser
 

@@ -13,6 +13,8 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "AutoregressiveTrainer": "artifex_rl.autoregressive",
+    "DiffusionTrainer": "artifex_rl.generative.diffusion",
+    "FlowTrainer": "artifex_rl.generative.flow",
 }
 
 __all__ = sorted(_EXPORTS)

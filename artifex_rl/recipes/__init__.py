@@ -19,6 +19,8 @@ RECIPES: dict[str, str] = {
     "lm-grpo": "artifex_rl.recipes.lm:run_grpo",
     "lm-dpo": "artifex_rl.recipes.lm:run_dpo",
     "lm-reinforce": "artifex_rl.recipes.lm:run_reinforce",
+    "digits-diffusion": "artifex_rl.recipes.digits.diffusion:run_diffusion",
+    "digits-flow": "artifex_rl.recipes.digits.diffusion:run_flow",
 }
 
 
