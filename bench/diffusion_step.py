@@ -6,6 +6,7 @@ the same batches of 128 digits. Timed interleaved in rounds (both see the
 same machine load); the ratio of the medians is printed.
 
     PYTHONPATH=. python bench/diffusion_step.py --steps 50 --rounds 3
+    PYTHONPATH=. python bench/diffusion_step.py --sampler   # DDIM scan: rolled vs unroll=True
 """
 
 from __future__ import annotations
@@ -54,11 +55,42 @@ def hand_written(model: nnx.Module, tx, ema_decay: float, drop: float):
     return state, step
 
 
+def sampler_unroll(num_samples: int = 200, num_steps: int = 20) -> None:
+    """Compile and run time of the U-Net DDIM sampler (guidance 2) with a rolled and an unrolled scan."""
+    from artifex_rl.generative.samplers import diffusion_sample
+
+    model = DenoiserUNet(rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    sched = make_schedule("cosine", 1000)
+    labels = jnp.arange(num_samples, dtype=jnp.int32) % 10
+    for unroll in (1, True):
+
+        @jax.jit
+        def run(params, key, unroll=unroll):
+            fn = nnx.merge(graphdef, params)
+            noise = jax.random.normal(key, (num_samples, 8, 8, 1))
+            return diffusion_sample(fn, sched, noise, key, labels, num_steps=num_steps, guidance=2.0,
+                                    null_label=10, unroll=unroll)
+
+        tic = time.perf_counter()
+        jax.block_until_ready(run(params, jax.random.key(0)))
+        first = time.perf_counter() - tic
+        tic = time.perf_counter()
+        for i in range(3):
+            jax.block_until_ready(run(params, jax.random.key(i + 1)))
+        print(f"unroll={unroll}: first call (compile + run) {first:.1f}s, run {(time.perf_counter() - tic) / 3:.2f}s",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sampler", action="store_true", help="time the sampler's scan instead")
     args = parser.parse_args()
+    if args.sampler:
+        sampler_unroll()
+        return
     batches = list(ArrayDataLoader(load_digits_split().train(), 128, seed=0))
     tx = optax.adam(1e-3)
     # nan_policy="off": the bare step, as the hand-written one has no finiteness check.
