@@ -18,7 +18,7 @@ conditional model); both come from one forward pass of a doubled batch.
 
 Unrolling: the U-Net forward inside a rolled ``lax.scan`` (no gradient) was
 measured on 2 shared CPU cores (``bench/diffusion_step.py --sampler``): see
-:data:`DEFAULT_UNROLL` for the numbers behind the default.
+:data:`DEFAULT_UNROLL` for the numbers behind the default (unrolled).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from artifex_rl.generative.schedules import NoiseSchedule, sampling_timesteps
 Array = jax.Array
 ModelFn = Callable[[Array, Array, Array | None], Array]
 
-#: ``unroll`` of the sampling scans. Measured (500 samples, 50 DDIM steps with
-#: guidance, U-Net (32, 64), 2 shared CPU cores): see bench/diffusion_step.py
-#: --sampler; the rolled scan's forward-only conv is not hit by jax#12868 the
-#: way a gradient is, so the rolled scan (fast compile) is kept.
-DEFAULT_UNROLL: int | bool = 1
+#: ``unroll`` of the sampling scans. Measured (``bench/diffusion_step.py --sampler``:
+#: 200 samples, 20 DDIM steps, guidance 2, U-Net (32, 64), 2 shared CPU cores
+#: under load ~10): rolled 7.8 s a call after 12.6 s of compile, unrolled 5.6 s
+#: after 16.5 s. The forward-only conv is hurt less than a gradient (jax#12868)
+#: but still ~1.4x; samplers are called many times (evaluation, RL), so unroll.
+DEFAULT_UNROLL: int | bool = True
 
 
 def guided(model_fn: ModelFn, x: Array, t: Array, labels: Array | None, guidance: float, null_label: int | None) -> Array:
