@@ -204,6 +204,23 @@ def run_ebm(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
     return _digits_fit(trainer, ckpt_dir, run_dir, max_steps, resume)
 
 
+def run_diffusion(ckpt_dir: str, run_dir: str, max_steps: int, resume: bool) -> dict:
+    """DiffusionTrainer (tiny MLP denoiser, EMA in the extra state, loader position), checkpointed every 4 steps."""
+    import optax
+
+    from artifex_rl.data import ArrayDataLoader
+    from artifex_rl.generative.diffusion import DiffusionConfig, DiffusionTrainer
+    from tests._denoisers import TinyDenoiser, digit_batches
+
+    trainer = DiffusionTrainer(TinyDenoiser(rngs=nnx.Rngs(0)), optax.adam(1e-2),
+                               DiffusionConfig(num_timesteps=50, ema_decay=0.9, log_every_n_steps=2))
+    loader = ArrayDataLoader(digit_batches(1, batch_size=40)[0], 16, seed=3)
+    checkpoint = ModelCheckpoint(CheckpointConfig(ckpt_dir, save_top_k=1, every_n_train_steps=4))
+    trainer.fit(loader, max_steps=max_steps, callbacks=[checkpoint], ckpt_path="last" if resume else None)
+    return {"state": flat_state(trainer.train_state), "global_step": trainer.global_step,
+            "current_epoch": trainer.current_epoch}
+
+
 def save_outcome(outcome: dict, path: str) -> None:
     meta = {k: v for k, v in outcome.items() if k != "state"}
     np.savez(path, __meta__=json.dumps(meta), **outcome["state"])
@@ -238,7 +255,7 @@ def load_model_main(ckpt: str, out: str, exit_save: str | None) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["run", "run-ppo", "run-two", "run-gan", "run-ebm", "run-interrupted", "crash-writer", "load-model"])
+    parser.add_argument("command", choices=["run", "run-ppo", "run-two", "run-gan", "run-ebm", "run-interrupted", "run-diffusion", "crash-writer", "load-model"])
     parser.add_argument("--ckpt-dir")
     parser.add_argument("--run-dir")
     parser.add_argument("--ckpt")
@@ -247,9 +264,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out")
     parser.add_argument("--exit-save")
     args = parser.parse_args(argv)
-    if args.command in ("run", "run-ppo", "run-two", "run-gan", "run-ebm", "run-interrupted"):
+    if args.command in ("run", "run-ppo", "run-two", "run-gan", "run-ebm", "run-interrupted", "run-diffusion"):
         fn = {"run": run, "run-ppo": run_ppo, "run-two": run_two, "run-gan": run_gan, "run-ebm": run_ebm,
-              "run-interrupted": run_interrupted}[args.command]
+              "run-interrupted": run_interrupted, "run-diffusion": run_diffusion}[args.command]
         save_outcome(fn(args.ckpt_dir, args.run_dir, args.max_steps, args.resume), args.out)
     elif args.command == "crash-writer":
         crash_writer(args.ckpt_dir)

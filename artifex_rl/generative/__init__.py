@@ -16,6 +16,8 @@ _EXPORTS: dict[str, str] = {
     "VAETrainer": "artifex_rl.generative.vae",
     "GANTrainer": "artifex_rl.generative.gan",
     "EnergyTrainer": "artifex_rl.generative.energy",
+    "DiffusionTrainer": "artifex_rl.generative.diffusion",
+    "FlowTrainer": "artifex_rl.generative.flow",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -31,6 +31,8 @@ PPO_OPTIONS = frozenset({"gae_lambda", "clip_param", "vf_coeff", "update_epochs"
 LM_OPTIONS = frozenset({"steps", "task", "log_every"})
 #: Options of the digits generative recipes.
 DIGITS_OPTIONS = frozenset({"steps", "log_every"})
+#: The diffusion and flow recipes also train unconditional models.
+DENOISING_OPTIONS = DIGITS_OPTIONS | {"unconditional"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,14 @@ RECIPE_INFO: dict[str, RecipeInfo] = {
     "digits-ebm": RecipeInfo(
         "artifex_rl.recipes.digits.gan:run_ebm", "an energy-based model on the UCI digits (Langevin, replay buffer)",
         DIGITS_OPTIONS,
+    ),
+    "digits-diffusion": RecipeInfo(
+        "artifex_rl.recipes.digits.diffusion:run_diffusion",
+        "a class-conditional diffusion model on the UCI digits (CFG; --unconditional)", DENOISING_OPTIONS,
+    ),
+    "digits-flow": RecipeInfo(
+        "artifex_rl.recipes.digits.diffusion:run_flow",
+        "a class-conditional rectified-flow model on the UCI digits (CFG; --unconditional)", DENOISING_OPTIONS,
     ),
 }
 
