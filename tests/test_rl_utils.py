@@ -519,8 +519,13 @@ def test_clipped_surrogate(seed, clip_high):
     assert_close(per_element, expected)
 
     loss, metrics = utils.compute_clipped_surrogate_loss(
-        logp, old, adv, eps, mask=mask, clip_param_high=clip_high
+        logp, old, adv, eps, mask=mask, clip_param_high=clip_high, return_metrics=True
     )
+    # the seeds' `loss = compute_clipped_surrogate_loss(...)`: the scalar alone, the same value
+    seed_form = utils.compute_clipped_surrogate_loss(logp, old, adv, eps, mask=mask, clip_param_high=clip_high)
+    assert seed_form.shape == () and float(seed_form) == float(loss)
+    separate = utils.clipped_surrogate_metrics(logp, old, eps, mask=mask, clip_param_high=clip_high)
+    assert {k: float(v) for k, v in separate.items()} == {k: float(v) for k, v in metrics.items()}
     assert_close(loss, ref_masked_mean(expected, mask))
     ratio = np.exp(logp.astype(np.float64) - old)
     outside = (ratio < 1 - eps) | (ratio > 1 + eps_high)
@@ -528,7 +533,7 @@ def test_clipped_surrogate(seed, clip_high):
     assert_close(metrics["clip_fraction"], ref_masked_mean(outside, mask))
     assert_close(metrics["approx_kl"], ref_masked_mean((ratio - 1) - np.log(ratio), mask))
 
-    loss_all, _ = utils.compute_clipped_surrogate_loss(logp, old, adv, eps, clip_param_high=clip_high)
+    loss_all = utils.compute_clipped_surrogate_loss(logp, old, adv, eps, clip_param_high=clip_high)
     assert_close(loss_all, expected.mean())
 
     grad = jax.grad(lambda lp: jnp.sum(utils.clipped_surrogate_per_element(lp, old, adv, eps, clip_high)))(
@@ -558,7 +563,7 @@ def test_clipped_surrogate_extreme_log_ratios_are_finite(d, sign):
     adv = sign * jnp.array([1.0, 0.5, 2.0])
 
     def loss(lp):
-        value, metrics = utils.compute_clipped_surrogate_loss(lp, old, adv, 0.2)
+        value, metrics = utils.compute_clipped_surrogate_loss(lp, old, adv, 0.2, return_metrics=True)
         return value, metrics
 
     (value, metrics), grad = jax.value_and_grad(loss, has_aux=True)(old + jnp.array([d, 0.0, 0.1]))
@@ -843,7 +848,7 @@ def _jit_cases():
         ),
         "kl_logits": (categorical_kl, (logits, logits[::-1])),
         "surrogate": (
-            lambda a, b, adv, m: utils.compute_clipped_surrogate_loss(a, b, adv, 0.2, m, 0.3),
+            lambda a, b, adv, m: utils.compute_clipped_surrogate_loss(a, b, adv, 0.2, m, 0.3, return_metrics=True),
             (lp, old, r, m),
         ),
         "group": (

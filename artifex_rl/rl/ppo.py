@@ -171,7 +171,7 @@ class PPOTrainer(RLTrainer):
         if cfg.normalize_advantages:
             advantages = normalize_advantages(advantages, mask)
         policy_loss, surrogate = compute_clipped_surrogate_loss(
-            log_prob, batch["old_log_probs"], advantages, cfg.clip_param, mask
+            log_prob, batch["old_log_probs"], advantages, cfg.clip_param, mask, return_metrics=True
         )
 
         returns, old_values = batch["returns"], batch["old_values"]

@@ -140,18 +140,32 @@ def compute_clipped_surrogate_loss(
     clip_param: float | Array,
     mask: ArrayLike | None = None,
     clip_param_high: float | Array | None = None,
-) -> tuple[Array, dict[str, Array]]:
-    """PPO clipped surrogate loss, masked mean over valid elements.
+    *,
+    return_metrics: bool = False,
+) -> Array | tuple[Array, dict[str, Array]]:
+    """PPO clipped surrogate loss, a scalar: the masked mean over valid elements.
 
     ``loss = masked_mean(-min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A))``
     with ``ratio = exp(clamp(logp - old_logp, -20, 20))``; see
-    :func:`clipped_surrogate_per_element` for the arguments. For GRPO's
-    token aggregations use the per-element loss with
+    :func:`clipped_surrogate_per_element` for the arguments. As the seeds
+    write it, ``loss = compute_clipped_surrogate_loss(...)`` is the loss
+    itself, ready for ``loss + vf_coeff * value_loss`` and ``jax.grad``. The
+    update's diagnostics come from :func:`clipped_surrogate_metrics` (same
+    arguments), or from ``return_metrics=True``. For GRPO's token
+    aggregations use the per-element loss with
     :func:`~artifex_rl.rl.losses.aggregation.token_loss_term` instead.
 
+    Args:
+      log_probs: ``(...)`` log-probs of the taken actions under the current policy.
+      old_log_probs: the same shape, under the policy that collected the data.
+      advantages: the shape of ``log_probs`` or a prefix of it.
+      clip_param: ``eps``.
+      mask: optional, the shape of ``log_probs``; non-zero = valid element.
+      clip_param_high: ``eps_high`` (DAPO's clip-higher); ``None``: ``clip_param``.
+      return_metrics: also return ``{"clip_fraction", "approx_kl"}``.
+
     Returns:
-      ``(loss, metrics)``: the scalar loss and
-      ``{"clip_fraction", "approx_kl"}`` from :func:`clipped_surrogate_metrics`.
+      The scalar loss; with ``return_metrics=True``, ``(loss, metrics)``.
 
     References:
       Schulman et al. 2017 (arXiv:1707.06347), eq. 7.
@@ -159,8 +173,10 @@ def compute_clipped_surrogate_loss(
     per_element = clipped_surrogate_per_element(
         log_probs, old_log_probs, advantages, clip_param, clip_param_high
     )
-    metrics = clipped_surrogate_metrics(log_probs, old_log_probs, clip_param, mask, clip_param_high)
-    return masked_mean(per_element, mask), metrics
+    loss = masked_mean(per_element, mask)
+    if not return_metrics:
+        return loss
+    return loss, clipped_surrogate_metrics(log_probs, old_log_probs, clip_param, mask, clip_param_high)
 
 
 def value_loss_per_element(
