@@ -51,6 +51,41 @@ class REINFORCETrainer(RLTrainer):
             return [("observations", None, "token"), ("actions", "completion_mask", "token")]
         return [("actions", "mask", "action")]
 
+    def compute_returns(self, rewards: jax.Array, dones: jax.Array | None = None) -> jax.Array:
+        """Discounted returns ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` with ``config.gamma``.
+
+        The seeds' ``REINFORCETrainer.compute_returns``; :meth:`prepare_batch`
+        computes the batch's returns through it, so a subclass may override it.
+
+        Args:
+          rewards: ``(T,)`` one time-ordered trajectory or ``(B, T)``, time last.
+          dones: optional, the shape of ``rewards``; 1 where an episode ends
+            (no return flows back across it). ``None``: each row is one episode.
+
+        Returns:
+          ``(T,)`` / ``(B, T)`` float32 returns
+          (:func:`~artifex_rl.rl.losses.returns.compute_discounted_returns`).
+        """
+        return compute_discounted_returns(rewards, self.config.gamma, dones)
+
+    def normalize_returns(self, returns: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Standardise returns: ``(G - mean(G)) / (std(G) + 1e-8)`` over the valid entries.
+
+        The seeds' ``REINFORCETrainer.normalize_returns`` (variance reduction:
+        the batch mean acts as a baseline). It always normalises;
+        :meth:`prepare_batch` calls it only when ``config.normalize_returns``.
+
+        Args:
+          returns: any shape, e.g. ``(T,)`` or ``(B, T)``.
+          mask: optional, the shape of ``returns``; non-zero = valid. The
+            statistics use the valid entries only; masked entries come out 0.
+
+        Returns:
+          Normalised returns, the shape of ``returns``
+          (:func:`~artifex_rl.rl.losses.aggregation.normalize_advantages`).
+        """
+        return normalize_advantages(returns, mask)
+
     def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
         batch = canonical(batch)
         who = type(self).__name__
@@ -70,7 +105,7 @@ class REINFORCETrainer(RLTrainer):
                 check_shape(key, batch[key], lead, who)
         if mask is not None:  # padding may hold anything, NaN included
             rewards = jnp.where(jnp.asarray(mask) > 0, rewards, 0.0)
-        returns = compute_discounted_returns(rewards, self.config.gamma, batch.get("dones"))
+        returns = self.compute_returns(rewards, batch.get("dones"))
         pad_mask = mask
         observations, actions = batch["observations"], batch["actions"]
         if mask is not None:  # NaN in padded observations/actions must not reach the gradient
@@ -83,7 +118,7 @@ class REINFORCETrainer(RLTrainer):
             mask = valid * finished
         mean_return = masked_mean(returns, mask)
         if self.config.normalize_returns:
-            returns = normalize_advantages(returns, mask)
+            returns = self.normalize_returns(returns, mask)
         n = rewards.ndim
         prepared = {
             "observations": flatten_leading(observations, n),
@@ -108,7 +143,7 @@ class REINFORCETrainer(RLTrainer):
         check_shape("actions", completions, (b, None), who)
         mask = batch.get("completion_mask", jnp.ones(completions.shape, jnp.float32))
         check_shape("completion_mask", mask, completions.shape, who)
-        returns = normalize_advantages(rewards) if self.config.normalize_returns else rewards
+        returns = self.normalize_returns(rewards) if self.config.normalize_returns else rewards
         return {
             "observations": prompts,
             "actions": completions,
