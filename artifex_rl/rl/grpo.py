@@ -305,8 +305,14 @@ class GRPOTrainer(RLTrainer):
             mask = jnp.asarray(batch.get("completion_mask", jnp.ones(per_sample)), jnp.float32)
             check_shape("completion_mask", mask, per_sample, who)
         else:
-            # one observation row per completion (repeat a prompt's row G times)
-            check_leading("observations", obs, (b,), who)
+            if jnp.shape(obs)[:1] != (b,):
+                # One observation row per completion; the seeds' diffusion example passes one
+                # condition per prompt for G samples each.
+                raise ValueError(
+                    f"{who}: batch['observations'] has shape {jnp.shape(obs)}, expected leading dims ({b},): "
+                    f"one row per sample, like batch['rewards'] {rewards.shape}; repeat each prompt or "
+                    f"condition for its group (jnp.repeat(conditions, {group_size}, axis=0))"
+                )
             check_leading("actions", actions, (b,), who)
             per_sample = (b,)
             mask = jnp.ones((b,), jnp.float32)
