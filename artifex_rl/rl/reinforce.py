@@ -40,7 +40,9 @@ class REINFORCETrainer(RLTrainer):
 
     Metrics: ``loss``, ``policy_loss``, ``entropy``, ``mean_reward`` and
     ``reward_std`` (over the batch's valid rewards), ``mean_return`` (discounted,
-    before normalisation), and ``grad_norm`` (see TrainerConfig).
+    before normalisation), ``unfinished_frac`` (with ``dones``: the fraction of
+    steps left out because their episode does not end in the batch), and
+    ``grad_norm`` (see TrainerConfig).
     """
 
     config_class = REINFORCEConfig
