@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
-import pytest
-
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -30,11 +28,4 @@ def test_every_trainer_learns_the_bandit_example():
         assert after > 0.85, f"{name}: {before:.2f} -> {after:.2f}"
 
 
-@pytest.mark.parametrize("page", ["reinforce.md", "ppo.md"])
-def test_docs_code_block_runs(page):
-    """The self-contained python blocks of the trainer pages run as written."""
-    text = (EXAMPLES.parent / "docs" / "trainers" / page).read_text()
-    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    assert blocks, f"no python block in {page}"
-    for block in blocks:
-        exec(compile(block, page, "exec"), {})
+# The docs' code blocks (the trainer pages included) run in tests/test_docs.py.
