@@ -46,9 +46,8 @@ class ArrayDataLoader:
         the last batch to ``B`` rows and add a ``"mask"`` entry to every batch
         (``False``).
 
-    Yields:
-      ``{name: array (B, ...)}`` (numpy), plus ``"mask"`` float32 ``(B,)`` when
-      ``drop_last=False``.
+    Iterating yields ``{name: array (B, ...)}`` (numpy), plus ``"mask"``
+    float32 ``(B,)`` when ``drop_last=False``.
     """
 
     def __init__(
