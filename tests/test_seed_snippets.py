@@ -12,8 +12,8 @@ them in (the ``fill`` dicts) and asserts what the seed implies: the metrics it
 prints, a scalar loss it can differentiate, rewards of one value per sample.
 Where the seed cannot work as written, the test asserts the clear error that
 ``docs/seed_to_ours.md`` documents, and runs the smallest working change.
-The model-specific trainers (``DiffusionTrainer`` ...) are being added under
-issue 16; their tests are ``xfail(strict=False)`` until then.
+``DiffusionTrainer`` and ``FlowTrainer`` are being added under issue 16; their
+tests are ``xfail(strict=False)`` until then.
 """
 
 from __future__ import annotations
@@ -875,7 +875,7 @@ GRPO_ROWS_ERROR = r"batch\['observations'\] has shape \(8, 16\), expected leadin
 
 @pytest.mark.xfail(
     strict=False,
-    reason="issue 16: the model-specific trainers (artifex_rl.trainers.DiffusionTrainer, ...) are not merged yet",
+    reason="issue 16: artifex_rl.trainers.DiffusionTrainer is not merged yet",
 )
 def test_diffusion_grpo_snippet_as_written():
     """With DiffusionTrainer: the seed's 8 condition rows for 32 samples is the documented error."""
@@ -978,12 +978,12 @@ def test_gan_reinforce_snippet():
     assert float(ns["metrics"]["mean_return"]) == pytest.approx(float(ns["metrics"]["mean_reward"]), rel=1e-5)
 
 
-MODEL_TRAINERS = ["VAETrainer", "GANTrainer", "DiffusionTrainer", "FlowTrainer", "EnergyTrainer"]
+PENDING_TRAINERS = ["DiffusionTrainer", "FlowTrainer"]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 16: artifex_rl.trainers (the model-specific trainers) is not merged yet")
-@pytest.mark.parametrize("name", MODEL_TRAINERS)
-def test_model_specific_trainers_exist(name):
+@pytest.mark.xfail(strict=False, reason="issue 16: DiffusionTrainer and FlowTrainer are not merged yet")
+@pytest.mark.parametrize("name", PENDING_TRAINERS)
+def test_pending_model_specific_trainers(name):
     from artifex_rl import Trainer, trainers
 
     assert issubclass(getattr(trainers, name), Trainer)
@@ -991,11 +991,16 @@ def test_model_specific_trainers_exist(name):
 
 def test_trainer_hierarchy_names_that_exist_now():
     import artifex_rl
-    from artifex_rl import rl
+    from artifex_rl import (
+        rl,
+        trainers,  # the seeds' artifex.generative_models.training.trainers
+    )
 
     assert issubclass(artifex_rl.AutoregressiveTrainer, artifex_rl.Trainer)
     for name in ("REINFORCETrainer", "PPOTrainer", "GRPOTrainer", "DPOTrainer"):
         assert issubclass(getattr(rl, name), artifex_rl.Trainer)
+    for name in ("AutoregressiveTrainer", "VAETrainer", "GANTrainer", "EnergyTrainer"):
+        assert issubclass(getattr(trainers, name), artifex_rl.Trainer), name
 
 
 # --------------------------------------------------------------------------- #
@@ -1081,6 +1086,10 @@ HOMES = {
     "ProgressBarCallback": "artifex_rl.callbacks.progress.ProgressBarCallback",
     "Trainer": "artifex_rl.trainer.Trainer",
     "AutoregressiveTrainer": "artifex_rl.autoregressive.AutoregressiveTrainer",
+    "VAETrainer": "artifex_rl.generative.vae.VAETrainer",
+    "GANTrainer": "artifex_rl.generative.gan.GANTrainer",
+    "EnergyTrainer": "artifex_rl.generative.energy.EnergyTrainer",
+    "TensorBoard": "artifex_rl.callbacks.tensorboard.TensorBoardLogger",
     "REINFORCETrainer.compute_returns": "artifex_rl.rl.reinforce.REINFORCETrainer.compute_returns",
     "REINFORCETrainer.normalize_returns": "artifex_rl.rl.reinforce.REINFORCETrainer.normalize_returns",
     "REINFORCETrainer.compute_loss": "artifex_rl.rl.reinforce.REINFORCETrainer.compute_loss",
