@@ -65,23 +65,12 @@ def categorical_entropy(logits: Any) -> Array:
     return entropy_from_log_probs(jax.nn.log_softmax(_as_float(logits), axis=-1))
 
 
-def _logits(output: Any) -> Any:
-    """``output`` if it can be logits; a tuple (a Gaussian's ``(mean, log_std)``) is an error."""
-    if isinstance(output, (tuple, list)):
-        raise TypeError(
-            f"the categorical policy reads the model's output as logits (..., A), but the model returned a "
-            f"{type(output).__name__} of {len(output)} arrays; a model returning (mean, log_std) needs "
-            "policy='gaussian' (e.g. PPOConfig(policy='gaussian') or REINFORCETrainer(..., policy='gaussian'))"
-        )
-    return output
-
-
 @dataclasses.dataclass(frozen=True)
 class CategoricalPolicy:
     """Discrete actions from logits ``(..., A)``; actions are ints ``(...)``."""
 
     def log_prob(self, output: Array, actions: Array) -> Array:
-        logits = _logits(output)
+        logits = output  # a (mean, log_std) pair is refused by the trainers (rl.base.check_output_fits)
         if jnp.ndim(actions) != jnp.ndim(logits) - 1:
             raise ValueError(
                 f"the categorical policy needs one integer action per row of logits: logits have shape "
@@ -92,7 +81,7 @@ class CategoricalPolicy:
         return categorical_log_prob(logits, actions)
 
     def entropy(self, output: Array) -> Array:
-        return categorical_entropy(_logits(output))
+        return categorical_entropy(output)
 
     def sample(self, output: Array, key: Array) -> Array:
         return jax.random.categorical(key, output, axis=-1)
