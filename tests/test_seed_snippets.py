@@ -892,7 +892,8 @@ def test_diffusion_grpo_loop_error_and_fix():
         run(grpo_half, **fill)
     fixed = grpo_half.replace('"observations": batch["conditions"]', '"observations": jnp.repeat(batch["conditions"], 4, axis=0)')
     ns = run(fixed, jnp=jnp, **fill)
-    assert ns["grpo_trainer"].policy.__class__.__name__ == "GaussianPolicy"  # "auto": float samples
+    head = ns["grpo_trainer"].resolve_policy(ns["rl_batch"]["actions"])
+    assert type(head).__name__ == "GaussianPolicy"  # policy="auto": float samples are Gaussian actions
     assert np.isfinite(float(ns["metrics"]["loss"]))
 
 
@@ -932,7 +933,7 @@ def test_vae_ppo_snippet():
     tests/test_guards_paths.py::test_ppo_gaussian_step_matches_numpy checks against numpy
     on this model shape (an actor-critic returning ((mean, log_std), value)); not compiled again here.
     """
-    with pytest.raises(TypeError, match=r"returned a tuple of 2 arrays.*policy='gaussian'"):
+    with pytest.raises(TypeError, match=r"returned a tuple of 2 .*policy='categorical' reads logits.*policy='gaussian'"):
         run(S["guide_vae_ppo"], **_vae_fill())
     fixed = S["guide_vae_ppo"].replace(
         "PPOConfig(gamma=0.99, gae_lambda=0.95)", 'PPOConfig(gamma=0.99, gae_lambda=0.95, policy="gaussian")'
