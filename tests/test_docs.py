@@ -177,8 +177,8 @@ def _commands(block: Block) -> list[list[str]]:
             continue
         for part in re.split(r";|&&", line):
             words = shlex.split(part.strip())
-            while words and words[0] in ("for", "do", "done", "then", "fi"):
-                words = [] if words[0] == "for" else words[1:]
+            while words and (words[0] in ("for", "do", "done", "then", "fi") or re.fullmatch(r"\w+=\S*", words[0])):
+                words = [] if words[0] == "for" else words[1:]  # loops, and env settings (JAX_PLATFORMS=cpu)
             if words:
                 commands.append([re.sub(r"\$\{?\w+\}?", "1", w) for w in words])
     return commands

@@ -12,8 +12,8 @@ them in (the ``fill`` dicts) and asserts what the seed implies: the metrics it
 prints, a scalar loss it can differentiate, rewards of one value per sample.
 Where the seed cannot work as written, the test asserts the clear error that
 ``docs/seed_to_ours.md`` documents, and runs the smallest working change.
-``DiffusionTrainer`` and ``FlowTrainer`` are being added under issue 16; their
-tests are ``xfail(strict=False)`` until then.
+The model-specific trainers come from ``artifex_rl.trainers`` as the seeds
+import them.
 """
 
 from __future__ import annotations
@@ -873,12 +873,9 @@ def _diffusion_fill():
 GRPO_ROWS_ERROR = r"batch\['observations'\] has shape \(8, 16\), expected leading dims \(32,\).*repeat each prompt"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 16: artifex_rl.trainers.DiffusionTrainer is not merged yet",
-)
 def test_diffusion_grpo_snippet_as_written():
-    """With DiffusionTrainer: the seed's 8 condition rows for 32 samples is the documented error."""
+    """``from artifex_rl.trainers import DiffusionTrainer`` works; then the seed's 8 condition rows
+    for 32 samples is the documented error."""
     with pytest.raises(ValueError, match=GRPO_ROWS_ERROR):
         run(S["guide_diffusion_grpo"], **_diffusion_fill())
 
@@ -979,18 +976,7 @@ def test_gan_reinforce_snippet():
     assert float(ns["metrics"]["mean_return"]) == pytest.approx(float(ns["metrics"]["mean_reward"]), rel=1e-5)
 
 
-PENDING_TRAINERS = ["DiffusionTrainer", "FlowTrainer"]
-
-
-@pytest.mark.xfail(strict=False, reason="issue 16: DiffusionTrainer and FlowTrainer are not merged yet")
-@pytest.mark.parametrize("name", PENDING_TRAINERS)
-def test_pending_model_specific_trainers(name):
-    from artifex_rl import Trainer, trainers
-
-    assert issubclass(getattr(trainers, name), Trainer)
-
-
-def test_trainer_hierarchy_names_that_exist_now():
+def test_trainer_hierarchy():
     import artifex_rl
     from artifex_rl import (
         rl,
@@ -1000,7 +986,7 @@ def test_trainer_hierarchy_names_that_exist_now():
     assert issubclass(artifex_rl.AutoregressiveTrainer, artifex_rl.Trainer)
     for name in ("REINFORCETrainer", "PPOTrainer", "GRPOTrainer", "DPOTrainer"):
         assert issubclass(getattr(rl, name), artifex_rl.Trainer)
-    for name in ("AutoregressiveTrainer", "VAETrainer", "GANTrainer", "EnergyTrainer"):
+    for name in ("AutoregressiveTrainer", "VAETrainer", "GANTrainer", "DiffusionTrainer", "FlowTrainer", "EnergyTrainer"):
         assert issubclass(getattr(trainers, name), artifex_rl.Trainer), name
 
 
@@ -1090,6 +1076,8 @@ HOMES = {
     "VAETrainer": "artifex_rl.generative.vae.VAETrainer",
     "GANTrainer": "artifex_rl.generative.gan.GANTrainer",
     "EnergyTrainer": "artifex_rl.generative.energy.EnergyTrainer",
+    "DiffusionTrainer": "artifex_rl.generative.diffusion.DiffusionTrainer",
+    "FlowTrainer": "artifex_rl.generative.flow.FlowTrainer",
     "TensorBoard": "artifex_rl.callbacks.tensorboard.TensorBoardLogger",
     "REINFORCETrainer.compute_returns": "artifex_rl.rl.reinforce.REINFORCETrainer.compute_returns",
     "REINFORCETrainer.normalize_returns": "artifex_rl.rl.reinforce.REINFORCETrainer.normalize_returns",
