@@ -1,5 +1,9 @@
 """Compiled trajectory collection from gymnax environments.
 
+Long because the pure collector, its validation of the model against the
+environment and the resumable iterable share one set of settings; a split into
+collect/validate/source modules is planned (core review B8).
+
 :func:`make_collect` builds a pure function that runs ``num_envs`` copies of an
 environment (``vmap``) for ``num_steps`` steps (``lax.scan``) with the current
 policy, all in one compiled call. :class:`GymnaxRolloutSource` wraps it as an

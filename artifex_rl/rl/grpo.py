@@ -1,5 +1,8 @@
 """GRPO: group-relative advantages, a clipped surrogate and a KL penalty, no critic.
 
+Long because it serves two modes (offline batches and online generation with
+its host-reward path); see the note at the end of this docstring.
+
 For ``B = num_prompts x G`` completions, consecutive groups of ``G`` share a
 prompt. Per completion ``i`` and completion token ``t``::
 
