@@ -210,3 +210,11 @@ def discounted_returns(rewards, dones, gamma):
             discount *= gamma
         out[t] = total
     return out
+
+
+def to_float(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def close(actual, expected, rtol=2e-5, atol=2e-6, what=""):
+    np.testing.assert_allclose(float(actual), float(expected), rtol=rtol, atol=atol, err_msg=what)

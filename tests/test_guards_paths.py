@@ -40,6 +40,7 @@ from tests._guard_refs import (
     LinearPolicy,
     assert_params_close,
     clipped_surrogate,
+    close,
     d_logp_d_logits,
     discounted_returns,
     gaussian_entropy,
@@ -52,16 +53,8 @@ from tests._guard_refs import (
     ratio_diagnostics,
     standardize,
     take,
+    to_float,
 )
-
-
-def to_float(metrics) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def close(actual, expected, rtol=2e-5, atol=2e-6, what=""):
-    np.testing.assert_allclose(float(actual), float(expected), rtol=rtol, atol=atol, err_msg=what)
-
 
 # --------------------------------------------------------------------------- #
 # Online GRPO on a tiny token LM, with a user sample_fn that stops at EOS

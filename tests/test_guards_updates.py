@@ -28,6 +28,7 @@ from tests._guard_refs import (
     assert_params_close,
     categorical_entropy,
     clipped_surrogate,
+    close,
     d_entropy_d_logits,
     d_logp_d_logits,
     group_advantages,
@@ -38,16 +39,8 @@ from tests._guard_refs import (
     ratio_diagnostics,
     standardize,
     take,
+    to_float,
 )
-
-
-def to_float(metrics) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def close(actual, expected, rtol=2e-5, atol=2e-6, what=""):
-    np.testing.assert_allclose(float(actual), float(expected), rtol=rtol, atol=atol, err_msg=what)
-
 
 # --------------------------------------------------------------------------- #
 # RNG stream: a fresh key every step (mutation rng_not_folded_with_step)
