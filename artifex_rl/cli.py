@@ -78,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     lm = train.add_argument_group("language-model and digits recipes (lm-*, digits-*)")
     lm.add_argument("--steps", type=int, default=None, help="RL steps (default per recipe)")
     lm.add_argument("--task", default=None, help="digit_sum or sort_digits")
-    lm.add_argument("--unconditional", action="store_true", help="digits-diffusion/-flow: no class labels")
     train.add_argument("--log-every", type=int, default=None,
                        help="log metrics every N trainer steps (environment and language-model recipes)")
     sub.add_parser("list", help="list the recipes")
