@@ -12,6 +12,8 @@ discrete CartPole policy, a Gaussian latent policy or a language model.
   entropies are summed over ``D``.
 * :class:`TokenPolicy` -- sequences; a causal LM returns logits ``(B, T, V)``
   for tokens ``(B, T)``, scored per token by :func:`token_log_probs`.
+* :class:`TrajectoryPolicy` -- the protocol of a sampler's chain read as a
+  policy (a diffusion or flow sampler: Gaussian steps, :mod:`.chain`).
 
 These are written out rather than taken from distrax: each is a few lines of
 ``jax.nn.log_softmax`` arithmetic, and keeping them here avoids pulling
@@ -25,6 +27,7 @@ from artifex_rl.distributions.categorical import (
     categorical_log_prob,
     entropy_from_log_probs,
 )
+from artifex_rl.distributions.chain import StepScores, Trajectory, TrajectoryPolicy
 from artifex_rl.distributions.gaussian import GaussianPolicy, gaussian_entropy, gaussian_log_prob
 from artifex_rl.distributions.head import PolicyHead, get_policy_head
 from artifex_rl.distributions.tokens import TokenPolicy, score_sequences, token_entropies, token_log_probs
@@ -33,7 +36,10 @@ __all__ = [
     "CategoricalPolicy",
     "GaussianPolicy",
     "PolicyHead",
+    "StepScores",
     "TokenPolicy",
+    "Trajectory",
+    "TrajectoryPolicy",
     "categorical_entropy",
     "categorical_log_prob",
     "entropy_from_log_probs",

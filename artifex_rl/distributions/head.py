@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 
 from artifex_rl.distributions.categorical import CategoricalPolicy
+from artifex_rl.distributions.chain import TrajectoryPolicy
 from artifex_rl.distributions.gaussian import GaussianPolicy
 from artifex_rl.distributions.tokens import TokenPolicy
 
@@ -37,8 +38,12 @@ _BY_NAME: dict[str, type] = {
 }
 
 
-def get_policy_head(policy: str | PolicyHead) -> PolicyHead:
-    """Return a policy head from its name (``categorical``/``gaussian``/``tokens``) or as given."""
+def get_policy_head(policy: str | PolicyHead | TrajectoryPolicy) -> PolicyHead | TrajectoryPolicy:
+    """Return a policy head from its name (``categorical``/``gaussian``/``tokens``) or as given.
+
+    A :class:`~artifex_rl.distributions.chain.TrajectoryPolicy` (a sampler's
+    chain, e.g. a diffusion model's) is returned as given too.
+    """
     if isinstance(policy, str):
         try:
             return _BY_NAME[policy]()
@@ -46,9 +51,10 @@ def get_policy_head(policy: str | PolicyHead) -> PolicyHead:
             raise ValueError(
                 f"unknown policy {policy!r}; expected one of {sorted(_BY_NAME)} or a PolicyHead"
             ) from None
-    if not isinstance(policy, PolicyHead):
+    if not isinstance(policy, (PolicyHead, TrajectoryPolicy)):
         raise TypeError(
-            f"policy must be a name or an object with log_prob/entropy/sample, got {type(policy).__name__}"
+            f"policy must be a name, an object with log_prob/entropy/sample (a PolicyHead) or a "
+            f"TrajectoryPolicy (rollout/training_steps/score/kl/entropy), got {type(policy).__name__}"
         )
     return policy
 

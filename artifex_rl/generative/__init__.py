@@ -18,6 +18,10 @@ _EXPORTS: dict[str, str] = {
     "EnergyTrainer": "artifex_rl.generative.energy",
     "DiffusionTrainer": "artifex_rl.generative.diffusion",
     "FlowTrainer": "artifex_rl.generative.flow",
+    "DenoisingChainPolicy": "artifex_rl.generative.chain_policy",
+    "DigitClassifierReward": "artifex_rl.generative.image_rewards",
+    "InkReward": "artifex_rl.generative.image_rewards",
+    "SmoothnessReward": "artifex_rl.generative.image_rewards",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -146,6 +146,8 @@ class GRPOConfig(TrainerConfig):
         or one of ``"tokens"``, ``"categorical"``, ``"gaussian"``.
       max_new_tokens, temperature, top_k, eos_id, pad_id: sampling settings
         of the online ``train_step(batch, reward_fn, key)``.
+      advantage_clip: clip the advantages to ``[-c, c]`` (DDPO's
+        ``adv_clip_max``); ``None``: no clipping.
     """
 
     num_generations: int = 4
@@ -164,9 +166,12 @@ class GRPOConfig(TrainerConfig):
     top_k: int | None = None
     eos_id: int | None = None
     pad_id: int = 0
+    advantage_clip: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.advantage_clip is not None:
+            _check_positive("advantage_clip", self.advantage_clip, "every advantage would be clipped to 0")
         if self.num_generations < 2:
             raise ValueError(
                 f"num_generations must be >= 2, got {self.num_generations}: a group of one completion "

@@ -98,6 +98,7 @@ from artifex_rl.rl.losses import (
     masked_mean,
     token_loss_term,
 )
+from artifex_rl.rl.trajectories import is_trajectory_policy, prepare_trajectory_batch, trajectory_scores
 
 _log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ class GRPOTrainer(RLTrainer):
         """Non-finite rewards are allowed: their samples are left out of the group statistics."""
 
     def index_keys(self, batch):
-        if "rewards" in batch and "actions" not in batch:
+        if is_trajectory_policy(self.policy) or ("rewards" in batch and "actions" not in batch):
             return []
         if self.is_tokens(self.resolve_policy(batch.get("actions"), tokens="rewards" not in batch)):
             return [("observations", "prompt_mask", "token"), ("actions", "completion_mask", "token")]
@@ -278,6 +279,18 @@ class GRPOTrainer(RLTrainer):
         group_size = _group_size(batch, self.config, who)
         outputs = {}
         head = self.resolve_policy(batch.get("actions"), tokens="rewards" not in batch)
+        if is_trajectory_policy(head):  # a sampler's chain (diffusion, flow): rl/trajectories.py
+            if "rewards" not in batch:
+                self._require_reward_fn()
+            use_reference = self.config.beta > 0 and REFERENCE in frozen
+            if self.config.beta > 0 and not use_reference:
+                raise ValueError(f"{who}: beta={self.config.beta} > 0 needs a reference model (reference_model='copy')")
+            return prepare_trajectory_batch(
+                head, model, batch, rng, reward_fn=self.reward_fn, group_size=group_size,
+                scale_rewards=self.config.scale_rewards, advantage_clip=self.config.advantage_clip,
+                score_old=self.config.num_iterations > 1, reference=frozen[REFERENCE] if use_reference else None,
+                who=who,
+            )
         tokens = self.is_tokens(head)
         if "rewards" not in batch:  # online: sample and score inside this compiled step
             self._require_reward_fn()
@@ -323,6 +336,8 @@ class GRPOTrainer(RLTrainer):
         advantages, group_metrics = compute_group_advantages(
             rewards, group_size, self.config.scale_rewards
         )
+        if self.config.advantage_clip is not None:
+            advantages = jnp.clip(advantages, -self.config.advantage_clip, self.config.advantage_clip)
         prompt_mask = batch.get("prompt_mask")
         if prompt_mask is not None:
             check_shape("prompt_mask", prompt_mask, obs.shape, who)
@@ -392,7 +407,10 @@ class GRPOTrainer(RLTrainer):
         cfg = self.config
         mask = batch["completion_mask"]
         head = self.resolve_policy(batch["actions"])
-        if self.is_tokens(head):
+        kl_per_token = None
+        if is_trajectory_policy(head):  # steps of sampling chains, like tokens
+            log_probs, old, entropy, kl_per_token = trajectory_scores(head, model, batch)
+        elif self.is_tokens(head):
             log_probs, entropy = self._score_tokens(
                 model, batch["observations"], batch["actions"], batch.get("prompt_mask")
             )
@@ -403,7 +421,8 @@ class GRPOTrainer(RLTrainer):
             log_probs = head.log_prob(output, batch["actions"])[:, None]
             entropy = head.entropy(output)[:, None]
             mask = mask[:, None]
-        old = batch["old_log_probs"].reshape(log_probs.shape)
+        if not is_trajectory_policy(head):
+            old = batch["old_log_probs"].reshape(log_probs.shape)
         surrogate = clipped_surrogate_per_element(
             log_probs, old, batch["advantages"], cfg.clip_param, cfg.epsilon_high
         )
@@ -413,6 +432,7 @@ class GRPOTrainer(RLTrainer):
             kl_per_token = compute_kl_divergence(
                 log_probs, batch["ref_log_probs"].reshape(log_probs.shape), cfg.kl_estimator, mask, reduce=False
             )
+        if kl_per_token is not None:
             per_token = per_token + cfg.beta * kl_per_token
             kl = masked_mean(kl_per_token, mask)
         # (sum, count) form: "dapo" (and "grpo"/"dr_grpo") stay exact under accumulation.

@@ -18,6 +18,7 @@ resumes from the last one (EMA, optimizer, loader position included).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import time
@@ -56,23 +57,58 @@ DIFFUSION = DenoiserRunSettings(steps=1200, sampler={"method": "ddim", "num_step
 FLOW = DenoiserRunSettings(steps=800, sampler={"method": "euler", "num_steps": 32, "guidance": 2.0})
 
 
-def _run(args: Namespace, kind: str, settings: DenoiserRunSettings) -> dict[str, Any]:
-    start = time.perf_counter()
-    unconditional = bool(getattr(args, "unconditional", False))
-    steps = args.steps if getattr(args, "steps", None) else settings.steps
-    log_every = getattr(args, "log_every", None) or min(settings.log_every, steps)
-    model = DenoiserUNet(channels=settings.channels, num_classes=None if unconditional else 10, rngs=nnx.Rngs(args.seed))
+def build_denoiser_trainer(
+    kind: str, *, seed: int, unconditional: bool, steps: int, settings: DenoiserRunSettings | None = None,
+    log_every: int | None = None,
+) -> DiffusionTrainer | FlowTrainer:
+    """The recipe's model and trainer (``kind``: ``"diffusion"`` or ``"flow"``), untrained."""
+    settings = settings or (DIFFUSION if kind == "diffusion" else FLOW)
+    log_every = log_every or min(settings.log_every, steps)
+    model = DenoiserUNet(channels=settings.channels, num_classes=None if unconditional else 10, rngs=nnx.Rngs(seed))
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, settings.learning_rate, min(settings.warmup_steps, max(steps // 2, 1)), max(steps, 2)
     )
     common = dict(
-        seed=args.seed, log_every_n_steps=log_every, ema_decay=settings.ema_decay,
+        seed=seed, log_every_n_steps=log_every, ema_decay=settings.ema_decay,
         cond_drop_prob=0.0 if unconditional else settings.cond_drop_prob,
     )
     if kind == "diffusion":
-        trainer: DiffusionTrainer | FlowTrainer = DiffusionTrainer(model, optax.adam(schedule), DiffusionConfig(**common))
-    else:
-        trainer = FlowTrainer(model, optax.adam(schedule), FlowConfig(**common))
+        return DiffusionTrainer(model, optax.adam(schedule), DiffusionConfig(**common))
+    return FlowTrainer(model, optax.adam(schedule), FlowConfig(**common))
+
+
+def load_denoiser_run(run_dir: str) -> DiffusionTrainer | FlowTrainer:
+    """The trainer of a finished ``digits-diffusion``/``digits-flow`` run, restored from its last checkpoint.
+
+    Raises:
+      FileNotFoundError: ``run_dir`` has no ``config.json`` or no complete checkpoint.
+    """
+    from artifex_rl.callbacks.checkpoint import CheckpointConfig, ModelCheckpoint
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{run_dir} is not a digits-diffusion/digits-flow run: no config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    recipe, run = config.get("recipe"), config.get("run", {})
+    if recipe not in ("digits-diffusion", "digits-flow"):
+        raise FileNotFoundError(f"{run_dir} holds a {recipe!r} run, expected digits-diffusion or digits-flow")
+    kind = recipe.split("-")[1]
+    trainer = build_denoiser_trainer(
+        kind, seed=int(config.get("seed") or 0), unconditional=bool(run.get("unconditional")), steps=int(run["steps"])
+    )
+    last = ModelCheckpoint(CheckpointConfig(dirpath=os.path.join(run_dir, "checkpoints"))).resolve_checkpoint_path("last")
+    if last is None:
+        raise FileNotFoundError(f"{run_dir}/checkpoints holds no complete checkpoint")
+    trainer.load_checkpoint(last)
+    return trainer
+
+
+def run_denoiser_recipe(args: Namespace, kind: str, settings: DenoiserRunSettings) -> dict[str, Any]:
+    start = time.perf_counter()
+    unconditional = bool(getattr(args, "unconditional", False))
+    steps = args.steps if getattr(args, "steps", None) else settings.steps
+    trainer = build_denoiser_trainer(kind, seed=args.seed, unconditional=unconditional, steps=steps, settings=settings,
+                                     log_every=getattr(args, "log_every", None))
     loader = ArrayDataLoader(load_digits_split().train(), settings.batch_size, seed=args.seed)
     run_config = {"recipe": args.recipe, "unconditional": unconditional, "steps": steps,
                   **dataclasses.asdict(settings), **trainer.config.to_dict()}
@@ -109,9 +145,9 @@ def _cpu_seconds() -> float:
 
 def run_diffusion(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train digits-diffusion``: DDPM (epsilon, cosine) + DDIM sampling with guidance."""
-    return _run(args, "diffusion", DIFFUSION)
+    return run_denoiser_recipe(args, "diffusion", DIFFUSION)
 
 
 def run_flow(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train digits-flow``: rectified flow + Euler sampling with guidance."""
-    return _run(args, "flow", FLOW)
+    return run_denoiser_recipe(args, "flow", FLOW)
