@@ -218,3 +218,17 @@ def test_grpo_on_the_chain_raises_the_reward(kind):
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > first + 0.15, (first, last)
     assert math.isfinite(last)
+
+
+def test_reinforce_on_the_chain_raises_the_reward():
+    """REINFORCE (DDPO's score-function estimator) on the same chains: the ink reward rises."""
+    from artifex_rl import REINFORCEConfig, REINFORCETrainer
+
+    policy = DenoisingChainPolicy.flow(num_steps=4)
+    trainer = REINFORCETrainer(_model(0), optax.adam(1e-2), REINFORCEConfig(entropy_coeff=0.0, seed=0),
+                               policy=policy, reward_fn=InkReward())
+    batch = {"observations": np.zeros((16,), np.int32)}
+    rewards = [float(trainer.train_step(batch)["mean_reward"]) for _ in range(40)]
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.15, rewards
+    with pytest.raises(ValueError, match="reward_fn"):
+        REINFORCETrainer(_model(0), optax.adam(1e-2), policy=policy).train_step(batch)

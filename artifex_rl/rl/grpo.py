@@ -287,7 +287,8 @@ class GRPOTrainer(RLTrainer):
                 raise ValueError(f"{who}: beta={self.config.beta} > 0 needs a reference model (reference_model='copy')")
             return prepare_trajectory_batch(
                 head, model, batch, rng, reward_fn=self.reward_fn, group_size=group_size,
-                scale_rewards=self.config.scale_rewards, advantage_clip=self.config.advantage_clip,
+                advantage_fn=lambda r: compute_group_advantages(r, group_size, self.config.scale_rewards),
+                advantage_clip=self.config.advantage_clip,
                 score_old=self.config.num_iterations > 1, reference=frozen[REFERENCE] if use_reference else None,
                 who=who,
             )

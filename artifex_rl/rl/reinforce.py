@@ -18,10 +18,17 @@ Batch layouts (``observations`` may also be called ``states``):
   ``actions (B, N)`` completion tokens, ``completion_mask (B, N)`` and
   ``rewards (B,)``; each sequence is one episode whose log-probability is the
   sum over its completion tokens.
+* sampling chains (``policy=`` a :class:`~artifex_rl.distributions.chain.TrajectoryPolicy`,
+  e.g. a diffusion sampler; DDPO's score-function estimator): online, a batch
+  of prompts ``observations (B,)`` is rolled out with ``reward_fn`` (see
+  :mod:`artifex_rl.rl.trajectories`); each chain is one episode whose
+  log-probability is the sum over its trained steps, ``Ĝ`` the batch-normalised
+  reward. ``group_size`` in the batch rolls out that many chains per prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -30,9 +37,11 @@ import jax.numpy as jnp
 from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
 from artifex_rl.core.loss_terms import LossTerm
 from artifex_rl.distributions import score_sequences
+from artifex_rl.events import Callback
 from artifex_rl.rl.base import RLTrainer
 from artifex_rl.rl.configs import REINFORCEConfig
 from artifex_rl.rl.losses import compute_discounted_returns, masked_mean, masked_sum, normalize_advantages
+from artifex_rl.rl.trajectories import is_trajectory_policy, prepare_trajectory_batch, trajectory_scores
 
 
 class REINFORCETrainer(RLTrainer):
@@ -48,7 +57,23 @@ class REINFORCETrainer(RLTrainer):
     config_class = REINFORCEConfig
     config: REINFORCEConfig
 
+    def __init__(
+        self,
+        model,
+        optimizer,
+        config: REINFORCEConfig | None = None,
+        *,
+        policy: Any = None,
+        reward_fn: Callable[..., jax.Array] | None = None,
+        callbacks: Sequence[Callback] = (),
+    ):
+        """As :class:`RLTrainer`; ``reward_fn`` rewards the samples of a chain policy rolled out online."""
+        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks)
+        self.reward_fn = reward_fn
+
     def index_keys(self, batch):
+        if is_trajectory_policy(self.policy):
+            return []
         if self.is_token_policy:
             return [("observations", None, "token"), ("actions", "completion_mask", "token")]
         return [("actions", "mask", "action")]
@@ -91,6 +116,8 @@ class REINFORCETrainer(RLTrainer):
     def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
         batch = canonical(batch)
         who = type(self).__name__
+        if is_trajectory_policy(self.policy):
+            return self._prepare_trajectories(model, batch, rng, who)
         require(batch, ["observations", "actions", "rewards"], who)
         rewards = jnp.asarray(batch["rewards"], jnp.float32)
         if self.is_token_policy:
@@ -137,6 +164,23 @@ class REINFORCETrainer(RLTrainer):
             prepared["mask"] = flatten_leading(jnp.asarray(mask, jnp.float32), n)
         return prepared
 
+    def _prepare_trajectories(self, model, batch, rng, who) -> dict[str, Any]:
+        if "rewards" not in batch and self.reward_fn is None:
+            raise ValueError(f"{who}: a chain policy trained online needs reward_fn=... (the batch has no 'rewards')")
+        group_size = batch.get("group_size", 1)
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+            raise TypeError(f"{who}: batch['group_size'] must be a Python int >= 1, got {group_size!r}")
+
+        def advantages(rewards):
+            finite = jnp.isfinite(rewards)
+            returns = self.normalize_returns(rewards, finite) if self.config.normalize_returns else rewards
+            return jnp.where(finite, returns, 0.0), {"reward_std": jnp.std(jnp.where(finite, rewards, 0.0))}
+
+        return prepare_trajectory_batch(
+            self.policy, model, batch, rng, reward_fn=self.reward_fn, group_size=group_size,
+            advantage_fn=advantages, advantage_clip=None, score_old=False, reference=None, who=who,
+        )
+
     def _prepare_sequences(self, batch, rewards, who) -> dict[str, Any]:
         prompts, completions = batch["observations"], batch["actions"]
         b = rewards.shape[0]
@@ -155,6 +199,11 @@ class REINFORCETrainer(RLTrainer):
         }
 
     def compute_loss(self, model, batch, rng):
+        if is_trajectory_policy(self.policy):  # a chain's log-probability: the sum over its trained steps
+            log_probs, _, entropy, _ = trajectory_scores(self.policy, model, batch)
+            policy_loss = -jnp.mean(jnp.sum(log_probs, axis=-1) * jax.lax.stop_gradient(batch["advantages"]))
+            entropy = jnp.mean(entropy)
+            return policy_loss - self.config.entropy_coeff * entropy, {"policy_loss": policy_loss, "entropy": entropy}
         returns = jax.lax.stop_gradient(batch["returns"])
         if self.is_token_policy:
             mask = batch["completion_mask"]

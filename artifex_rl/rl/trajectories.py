@@ -1,4 +1,4 @@
-"""RL batches of sampling chains: what GRPO does with a :class:`TrajectoryPolicy` (DDPO, Flow-GRPO).
+"""RL batches of sampling chains: what GRPO and REINFORCE do with a :class:`TrajectoryPolicy` (DDPO, Flow-GRPO).
 
 A chain policy (e.g. :class:`artifex_rl.generative.DenoisingChainPolicy`)
 turns the GRPO step into the published recipes for diffusion and flow
@@ -18,12 +18,16 @@ The old log-probs: with ``num_iterations == 1`` they are the current ones
 under ``stop_gradient`` (the first ratio is exactly 1, and one forward pass
 is saved); with more iterations they are scored once before the updates.
 
+REINFORCE (DDPO's ``DDPO_SF``, the score-function estimator) uses the same
+batch with normalised rewards as advantages and ``-mean_i(sum_k lp_ik A_i)``.
+
 Everything here runs inside the compiled step; the reward function must be
 written in ``jnp`` (image rewards are).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,7 +37,6 @@ from artifex_rl.batches import check_shape, require
 from artifex_rl.distributions.chain import TrajectoryPolicy
 from artifex_rl.rewards import call_reward
 from artifex_rl.rl.generation import HOST_ONLY_ERRORS, repeat_groups
-from artifex_rl.rl.losses import compute_group_advantages
 
 Array = jax.Array
 
@@ -63,7 +66,7 @@ def prepare_trajectory_batch(
     *,
     reward_fn: Any,
     group_size: int,
-    scale_rewards: str,
+    advantage_fn: Callable[[Array], tuple[Array, dict[str, Array]]],
     advantage_clip: float | None,
     score_old: bool,
     reference: Any | None,
@@ -76,6 +79,9 @@ def prepare_trajectory_batch(
     (what the reward reads, default the observations) and ``sample_key``.
     Offline ``batch``: ``observations (B,)``, ``actions`` = stored chains
     ``(B, S + 1, ...)`` and ``rewards (B,)``.
+
+    ``advantage_fn(rewards (B,)) -> (advantages (B,), metrics)``: GRPO's
+    group-relative advantages, or REINFORCE's normalised returns.
 
     Returns:
       ``observations (B,)``, ``actions (B, S + 1, ...)``, ``steps (B, K)``,
@@ -111,7 +117,7 @@ def prepare_trajectory_batch(
         raise ValueError(
             f"{who}: {b} chains do not split into groups of group_size={group_size} consecutive samples"
         )
-    advantages, metrics = compute_group_advantages(rewards, group_size, scale_rewards)
+    advantages, metrics = advantage_fn(rewards)
     if advantage_clip is not None:
         advantages = jnp.clip(advantages, -advantage_clip, advantage_clip)
     steps = policy.training_steps(k_steps, b)
