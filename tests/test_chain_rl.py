@@ -232,3 +232,40 @@ def test_reinforce_on_the_chain_raises_the_reward():
     assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.15, rewards
     with pytest.raises(ValueError, match="reward_fn"):
         REINFORCETrainer(_model(0), optax.adam(1e-2), policy=policy).train_step(batch)
+
+
+def test_diffusion_dpo_loss_against_numpy():
+    """Wallace et al. (2023): L = -log sigmoid(-beta/2 ((e_w - e_l)_theta - (e_w - e_l)_ref)), shared t and noise."""
+    from artifex_rl import DPOConfig, DPOTrainer
+    from artifex_rl.generative import DenoisingLikelihood
+
+    policy_model, reference = _model(4, num_classes=10), _model(5, num_classes=10)
+    likelihood = DenoisingLikelihood(SCHEDULE)
+    beta = 500.0
+    trainer = DPOTrainer(policy_model, optax.sgd(0.0), DPOConfig(beta=beta, seed=0), policy=likelihood,
+                         reference_model=reference)
+    rng = np.random.default_rng(0)
+    b = 6
+    batch = {
+        "observations": rng.integers(0, 10, size=b).astype(np.int32),
+        "chosen": rng.uniform(-1, 1, size=(b, 8, 8, 1)).astype(np.float32),
+        "rejected": rng.uniform(-1, 1, size=(b, 8, 8, 1)).astype(np.float32),
+        "timesteps": rng.integers(0, 100, size=b).astype(np.int32),
+        "noise": rng.standard_normal((b, 8, 8, 1)).astype(np.float32),
+    }
+    metrics = trainer.train_step(batch)
+
+    ab = np.asarray(SCHEDULE.alpha_bars, np.float64)[batch["timesteps"]][:, None, None, None]
+    t = jnp.asarray(batch["timesteps"] / 100.0, jnp.float32)
+
+    def errors(model, images):
+        x_t = np.sqrt(ab) * images + np.sqrt(1 - ab) * batch["noise"]
+        pred = np.asarray(model(jnp.asarray(x_t, jnp.float32), t, jnp.asarray(batch["observations"])), np.float64)
+        return np.mean((pred - batch["noise"]) ** 2, axis=(1, 2, 3))
+
+    diff_theta = errors(policy_model, batch["chosen"]) - errors(policy_model, batch["rejected"])
+    diff_ref = errors(reference, batch["chosen"]) - errors(reference, batch["rejected"])
+    z = -beta / 2 * (diff_theta - diff_ref)
+    expected = np.mean(np.log1p(np.exp(-z)))  # -log sigmoid(z)
+    assert float(metrics["dpo_loss"]) == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    assert float(metrics["dpo_loss"]) != pytest.approx(math.log(2.0), abs=1e-3)  # the models differ: not the trivial value

@@ -81,6 +81,25 @@ class TrajectoryPolicy(Protocol):
     def entropy(self, scores: StepScores) -> Array: ...
 
 
+@runtime_checkable
+class PreferenceLikelihood(Protocol):
+    """What DPO needs of a model whose samples have no tractable log-likelihood (Diffusion-DPO).
+
+    * ``draw(key, batch_size) -> dict`` of per-pair randomness (e.g. a noise
+      level and a noise image) shared by the winner, the loser, the policy
+      and the reference;
+    * ``pair_log_likelihoods(model, conditions (B,), chosen (B, ...), rejected (B, ...), draw)``
+      ``-> (chosen (B,), rejected (B,))``: the stand-ins for ``log p`` that
+      DPO's implicit reward compares.
+    """
+
+    def draw(self, key: Array, batch_size: int) -> dict[str, Array]: ...
+
+    def pair_log_likelihoods(
+        self, model: Any, conditions: Array, chosen: Array, rejected: Array, draw: dict[str, Array]
+    ) -> tuple[Array, Array]: ...
+
+
 def _pixel_axes(x: Array, leading: int) -> tuple[int, ...]:
     return tuple(range(leading, x.ndim))
 
@@ -130,6 +149,7 @@ def gaussian_step_entropy(std: Array) -> Array:
 
 
 __all__ = [
+    "PreferenceLikelihood",
     "StepScores",
     "Trajectory",
     "TrajectoryPolicy",

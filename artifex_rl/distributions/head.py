@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 
 from artifex_rl.distributions.categorical import CategoricalPolicy
-from artifex_rl.distributions.chain import TrajectoryPolicy
+from artifex_rl.distributions.chain import PreferenceLikelihood, TrajectoryPolicy
 from artifex_rl.distributions.gaussian import GaussianPolicy
 from artifex_rl.distributions.tokens import TokenPolicy
 
@@ -38,11 +38,13 @@ _BY_NAME: dict[str, type] = {
 }
 
 
-def get_policy_head(policy: str | PolicyHead | TrajectoryPolicy) -> PolicyHead | TrajectoryPolicy:
+def get_policy_head(policy: Any) -> Any:
     """Return a policy head from its name (``categorical``/``gaussian``/``tokens``) or as given.
 
     A :class:`~artifex_rl.distributions.chain.TrajectoryPolicy` (a sampler's
-    chain, e.g. a diffusion model's) is returned as given too.
+    chain, e.g. a diffusion model's) or a
+    :class:`~artifex_rl.distributions.chain.PreferenceLikelihood` (Diffusion-DPO)
+    is returned as given too.
     """
     if isinstance(policy, str):
         try:
@@ -51,7 +53,7 @@ def get_policy_head(policy: str | PolicyHead | TrajectoryPolicy) -> PolicyHead |
             raise ValueError(
                 f"unknown policy {policy!r}; expected one of {sorted(_BY_NAME)} or a PolicyHead"
             ) from None
-    if not isinstance(policy, (PolicyHead, TrajectoryPolicy)):
+    if not isinstance(policy, (PolicyHead, TrajectoryPolicy, PreferenceLikelihood)):
         raise TypeError(
             f"policy must be a name, an object with log_prob/entropy/sample (a PolicyHead) or a "
             f"TrajectoryPolicy (rollout/training_steps/score/kl/entropy), got {type(policy).__name__}"

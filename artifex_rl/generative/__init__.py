@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "DiffusionTrainer": "artifex_rl.generative.diffusion",
     "FlowTrainer": "artifex_rl.generative.flow",
     "DenoisingChainPolicy": "artifex_rl.generative.chain_policy",
+    "DenoisingLikelihood": "artifex_rl.generative.diffusion_dpo",
     "DigitClassifierReward": "artifex_rl.generative.image_rewards",
     "InkReward": "artifex_rl.generative.image_rewards",
     "SmoothnessReward": "artifex_rl.generative.image_rewards",

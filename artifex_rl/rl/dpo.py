@@ -17,6 +17,13 @@ log-probs). A batch holds preference pairs sharing a prompt:
 With ``policy="categorical"``/``"gaussian"``, ``chosen``/``rejected`` are
 single actions for each observation and no masks are used.
 
+With ``policy=`` a :class:`~artifex_rl.distributions.chain.PreferenceLikelihood`
+(Diffusion-DPO: :class:`artifex_rl.generative.DenoisingLikelihood`),
+``chosen``/``rejected`` are images ``(B, H, W, C)``, ``observations (B,)``
+their conditions, and the log-likelihoods are its stand-ins, computed with
+per-pair randomness drawn once in ``prepare_batch`` (or given in the batch as
+``timesteps``/``noise``) and shared by the policy and the reference.
+
 Sequence log-probs are sums over completion tokens (the paper's
 definition); chosen and rejected run through the model as one ``(2B, L)``
 batch: one forward pass per sequence per step. The loss
@@ -37,6 +44,7 @@ from flax import nnx
 from artifex_rl.batches import canonical, check_leading, check_shape, require
 from artifex_rl.core.loss_terms import LossTerm
 from artifex_rl.distributions import PolicyHead, score_sequences
+from artifex_rl.distributions.chain import PreferenceLikelihood
 from artifex_rl.events import Callback
 from artifex_rl.rl.base import REFERENCE, RLTrainer
 from artifex_rl.rl.configs import DPOConfig
@@ -81,7 +89,7 @@ class DPOTrainer(RLTrainer):
                 self.set_reference_model(reference_model)
 
     def index_keys(self, batch):
-        if "chosen" not in batch:
+        if "chosen" not in batch or isinstance(self.policy, PreferenceLikelihood):
             return []
         if self.is_tokens(self.resolve_policy(batch.get("chosen"))):
             return [("observations", None, "token"), ("chosen", "chosen_mask", "token"),
@@ -105,6 +113,11 @@ class DPOTrainer(RLTrainer):
         b = jnp.shape(chosen)[0]
         check_shape("rejected", rejected, jnp.shape(chosen), who)
         prepared = {"observations": obs, "chosen": chosen, "rejected": rejected}
+        if isinstance(head, PreferenceLikelihood):  # Diffusion-DPO: one draw per pair, shared with the reference
+            drawn = head.draw(rng, b)
+            prepared["draw"] = {k: jnp.asarray(batch[k]) if k in batch else v for k, v in drawn.items()}
+            for key, value in prepared["draw"].items():
+                check_shape(key, value, drawn[key].shape, who)
         if not self.is_tokens(head):
             check_leading("observations", obs, (b,), who)
         if self.is_tokens(head):
@@ -137,6 +150,9 @@ class DPOTrainer(RLTrainer):
         """Summed log-probs of chosen and rejected, from one forward pass over both."""
         b = batch["chosen"].shape[0]
         head = self.resolve_policy(batch["chosen"])
+        if isinstance(head, PreferenceLikelihood):
+            return head.pair_log_likelihoods(model, batch["observations"], batch["chosen"], batch["rejected"],
+                                             batch["draw"])
         if self.is_tokens(head):
             prompts = jnp.concatenate([batch["observations"]] * 2, axis=0)
             completions = jnp.concatenate([batch["chosen"], batch["rejected"]], axis=0)

@@ -1,4 +1,4 @@
-"""Recipes ``digits-grpo-diffusion`` and ``digits-grpo-flow``: GRPO on a digit sampler's chain.
+"""Recipes ``digits-grpo-diffusion``, ``digits-grpo-flow``, ``digits-reinforce-diffusion``: RL on a digit sampler's chain.
 
 The seeds' first integration example made real (DDPO, Black et al. 2023;
 Flow-GRPO, Liu et al. 2025): a digit diffusion (or flow) model, trained by
@@ -12,6 +12,11 @@ reward:
   (the model has no condition), ``G`` chains per prompt.
 * ``--conditional``: a class-conditional base model sampled *without*
   guidance; each prompt is a label and its reward is ``P(label)``.
+
+``digits-reinforce-diffusion`` trains the same chains with
+:class:`~artifex_rl.REINFORCETrainer` (one chain per prompt, as many chains
+per step as GRPO, the batch-normalised reward as the advantage: DDPO's
+per-prompt statistics, with one prompt).
 
 Before the first update and after the last, 500 samples from the training
 sampler (DDIM with ``eta = 1``, or the flow SDE) are scored by the reward
@@ -55,8 +60,9 @@ from artifex_rl.recipes.digits.common import (
     write_samples,
 )
 from artifex_rl.recipes.digits.diffusion import DIFFUSION, FLOW, load_denoiser_run, run_denoiser_recipe
-from artifex_rl.rl.configs import GRPOConfig
+from artifex_rl.rl.configs import GRPOConfig, REINFORCEConfig
 from artifex_rl.rl.grpo import GRPOTrainer
+from artifex_rl.rl.reinforce import REINFORCETrainer
 
 #: The reward network: another seed and width than the evaluation classifier (seed 0, width 16).
 REWARD_CLASSIFIER = {"seed": 1, "width": 12}
@@ -176,7 +182,7 @@ def _evaluate(policy, model, conditions, seed, reward_fn, classifier, target, co
     return images, scores
 
 
-def _run(args: Namespace, kind: str, settings: ChainRLSettings = SETTINGS) -> dict[str, Any]:
+def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLSettings = SETTINGS) -> dict[str, Any]:
     conditional = bool(getattr(args, "conditional", False))
     target = int(getattr(args, "target_digit", None) or 3)
     if not 0 <= target <= 9:
@@ -193,22 +199,32 @@ def _run(args: Namespace, kind: str, settings: ChainRLSettings = SETTINGS) -> di
     classifier, eval_info = evaluation_classifier(args.run_dir)
     reward_fn = DigitClassifierReward(reward_clf, target=None if conditional else target)
     policy = _policy(kind, base, settings)
-    config = GRPOConfig(
-        num_generations=settings.group_size, beta=settings.beta, entropy_coeff=0.0,
-        advantage_clip=settings.advantage_clip, max_grad_norm=settings.max_grad_norm, seed=args.seed,
-        log_every_n_steps=log_every,
-    )
-    trainer = GRPOTrainer(model, optax.adam(settings.learning_rate), config, policy=policy, reward_fn=reward_fn)
+    optimizer = optax.adam(settings.learning_rate)
+    if algorithm == "grpo":
+        config: GRPOConfig | REINFORCEConfig = GRPOConfig(
+            num_generations=settings.group_size, beta=settings.beta, entropy_coeff=0.0,
+            advantage_clip=settings.advantage_clip, max_grad_norm=settings.max_grad_norm, seed=args.seed,
+            log_every_n_steps=log_every,
+        )
+        trainer: GRPOTrainer | REINFORCETrainer = GRPOTrainer(
+            model, optimizer, config, policy=policy, reward_fn=reward_fn
+        )
+        prompts_per_step = settings.num_prompts
+    else:  # one chain per prompt, the same number of reward evaluations per step as GRPO
+        config = REINFORCEConfig(entropy_coeff=0.0, max_grad_norm=settings.max_grad_norm, seed=args.seed,
+                                 log_every_n_steps=log_every)
+        trainer = REINFORCETrainer(model, optimizer, config, policy=policy, reward_fn=reward_fn)
+        prompts_per_step = settings.num_prompts * settings.group_size
 
     eval_conditions = (np.arange(NUM_SAMPLES, dtype=np.int32) % 10) if conditional else np.zeros(NUM_SAMPLES, np.int32)
     eval_args = (eval_conditions, args.seed + 1000, reward_fn, classifier, target, conditional)
     before_images, before = _evaluate(policy, trainer.model, *eval_args)
     write_samples(args.run_dir, before_images, eval_conditions if conditional else None, name="samples_before",
-                  title="before GRPO")
+                  title=f"before {algorithm.upper()}")
 
     prompts = (np.arange(1000, dtype=np.int32) % 10) if conditional else np.zeros(1000, np.int32)
-    loader = ArrayDataLoader({"observations": prompts}, settings.num_prompts, seed=args.seed)
-    run_config = {"recipe": args.recipe, "kind": kind, "conditional": conditional, "target_digit": target,
+    loader = ArrayDataLoader({"observations": prompts}, prompts_per_step, seed=args.seed)
+    run_config = {"recipe": args.recipe, "kind": kind, "algorithm": algorithm, "conditional": conditional, "target_digit": target,
                   "base_run": getattr(args, "base_run", None) or os.path.join(args.run_dir, "base"),
                   **dataclasses.asdict(settings), "steps": steps, **trainer.config.to_dict()}
     callbacks = standard_callbacks(args, run_config=run_config, checkpoint_every=max(steps // 2, 1))
@@ -219,16 +235,16 @@ def _run(args: Namespace, kind: str, settings: ChainRLSettings = SETTINGS) -> di
 
     after_images, after = _evaluate(policy, trainer.model, *eval_args)
     write_samples(args.run_dir, after_images, eval_conditions if conditional else None, name="samples_after",
-                  title="after GRPO")
+                  title=f"after {algorithm.upper()}")
     picked = slice(0, 50)
     save_sample_grid(np.concatenate([before_images[picked], after_images[picked]]),
                      os.path.join(args.run_dir, "before_after.png"),
-                     title="before (top 5 rows) / after (bottom 5 rows) GRPO")
+                     title=f"before (top 5 rows) / after (bottom 5 rows) {algorithm.upper()}")
     graphdef, state = nnx.split(trainer.model)
     final_kl = float(_chain_kl(policy, graphdef, state, _base_state(base),
                                jnp.asarray(eval_conditions), jax.random.key(args.seed + 2000)))
     summary: dict[str, Any] = {
-        "recipe": args.recipe, "kind": kind, "conditional": conditional, "target_digit": None if conditional else target,
+        "recipe": args.recipe, "kind": kind, "algorithm": algorithm, "conditional": conditional, "target_digit": None if conditional else target,
         "steps": trainer.global_step, "reward_evaluations": trainer.global_step * settings.num_prompts * settings.group_size,
         "initial_mean_reward": before["mean_reward"], "final_mean_reward": after["mean_reward"],
         "final_kl": final_kl, "wall_seconds": time.perf_counter() - start, "train_seconds": train_seconds,
@@ -257,3 +273,9 @@ def run_grpo_diffusion(args: Namespace) -> dict[str, Any]:
 def run_grpo_flow(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train digits-grpo-flow``: GRPO on the flow SDE's chains (Flow-GRPO)."""
     return _run(args, "flow")
+
+
+def run_reinforce_diffusion(args: Namespace) -> dict[str, Any]:
+    """``artifex-rl train digits-reinforce-diffusion``: REINFORCE (DDPO's score-function estimator)
+    on the same chains, with the batch-normalised reward as the advantage."""
+    return _run(args, "diffusion", "reinforce")
