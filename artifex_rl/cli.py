@@ -18,11 +18,18 @@ import json
 import sys
 from collections.abc import Sequence
 
-from artifex_rl.recipes import ENV_OPTIONS, LM_OPTIONS, PPO_OPTIONS, RECIPE_INFO, load_recipe
+from artifex_rl.recipes import (
+    CHAIN_RL_OPTIONS,
+    ENV_OPTIONS,
+    LM_OPTIONS,
+    PPO_OPTIONS,
+    RECIPE_INFO,
+    load_recipe,
+)
 
 #: Hidden-layer activations of the environment models (artifex_rl.models.mlp; a test keeps them equal).
 ACTIVATIONS = ("elu", "gelu", "relu", "silu", "swish", "tanh")
-_RECIPE_OPTIONS = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | {"env"}
+_RECIPE_OPTIONS = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | CHAIN_RL_OPTIONS | {"env"}
 
 
 def _flag(dest: str) -> str:
@@ -78,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     lm = train.add_argument_group("language-model and digits recipes (lm-*, digits-*)")
     lm.add_argument("--steps", type=int, default=None, help="RL steps (default per recipe)")
     lm.add_argument("--task", default=None, help="digit_sum or sort_digits")
+    chain = train.add_argument_group("RL on a digit sampler (digits-grpo-diffusion, digits-grpo-flow, "
+                                     "digits-reinforce-diffusion)")
+    chain.add_argument("--target-digit", type=int, default=None, choices=range(10), metavar="D",
+                       help="the digit the reward asks for (default 3)")
+    chain.add_argument("--conditional", action="store_true", default=None,
+                       help="fine-tune a class-conditional model without guidance (reward: P(label))")
+    chain.add_argument("--base-run", default=None,
+                       help="run directory of an earlier digits-diffusion/digits-flow run (default: train one "
+                            "into RUN_DIR/base)")
     train.add_argument("--log-every", type=int, default=None,
                        help="log metrics every N trainer steps (environment and language-model recipes)")
     sub.add_parser("list", help="list the recipes")
@@ -93,6 +109,8 @@ def _why_not(recipe: str, dest: str) -> str:
         if recipe.startswith("lm-"):
             return f"{recipe} trains a language model, not on an environment"
         return f"{recipe} always trains its own environment; use `artifex-rl train {algorithm} --env NAME`"
+    if dest in CHAIN_RL_OPTIONS - LM_OPTIONS:
+        return f"{flag} is an option of the RL recipes on a digit sampler (digits-grpo-*, digits-reinforce-diffusion)"
     if recipe.startswith("lm-"):
         return f"{flag} is an environment option; {recipe} reads --steps, --task and --log-every"
     if dest in PPO_OPTIONS:

@@ -8,7 +8,14 @@ import shlex
 import pytest
 
 from artifex_rl.cli import ACTIVATIONS, build_parser, check_options, main
-from artifex_rl.recipes import COMMON_OPTIONS, ENV_OPTIONS, LM_OPTIONS, PPO_OPTIONS, RECIPE_INFO
+from artifex_rl.recipes import (
+    CHAIN_RL_OPTIONS,
+    COMMON_OPTIONS,
+    ENV_OPTIONS,
+    LM_OPTIONS,
+    PPO_OPTIONS,
+    RECIPE_INFO,
+)
 
 #: A valid value for each recipe-specific option.
 OPTION_ARGS: dict[str, list[str]] = {
@@ -32,8 +39,11 @@ OPTION_ARGS: dict[str, list[str]] = {
     "num_minibatches": ["--num-minibatches", "2"],
     "steps": ["--steps", "3"],
     "task": ["--task", "sort_digits"],
+    "target_digit": ["--target-digit", "7"],
+    "conditional": ["--conditional"],
+    "base_run": ["--base-run", "/nonexistent/base"],
 }
-RECIPE_SPECIFIC = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | {"env"}
+RECIPE_SPECIFIC = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | CHAIN_RL_OPTIONS | {"env"}
 
 
 def _base(recipe: str) -> list[str]:

@@ -31,6 +31,8 @@ PPO_OPTIONS = frozenset({"gae_lambda", "clip_param", "vf_coeff", "update_epochs"
 LM_OPTIONS = frozenset({"steps", "task", "log_every"})
 #: Options of the digits generative recipes.
 DIGITS_OPTIONS = frozenset({"steps", "log_every"})
+#: Options of the RL recipes on a digit sampler's chain (digits-grpo-*, digits-reinforce-diffusion).
+CHAIN_RL_OPTIONS = frozenset({"steps", "log_every", "target_digit", "conditional", "base_run"})
 #: The diffusion and flow recipes also train unconditional models.
 DENOISING_OPTIONS = DIGITS_OPTIONS  # --unconditional: next session (its CLI tests are not written yet)
 
@@ -97,6 +99,18 @@ RECIPE_INFO: dict[str, RecipeInfo] = {
     "digits-flow": RecipeInfo(
         "artifex_rl.recipes.digits.diffusion:run_flow",
         "a class-conditional rectified-flow model on the UCI digits (CFG; --unconditional)", DENOISING_OPTIONS,
+    ),
+    "digits-grpo-diffusion": RecipeInfo(
+        "artifex_rl.recipes.digits.rl:run_grpo_diffusion",
+        "GRPO on a digit diffusion model's DDIM chain: draw --target-digit (DDPO; --conditional)", CHAIN_RL_OPTIONS,
+    ),
+    "digits-grpo-flow": RecipeInfo(
+        "artifex_rl.recipes.digits.rl:run_grpo_flow",
+        "GRPO on a digit flow model's SDE chain: draw --target-digit (Flow-GRPO; --conditional)", CHAIN_RL_OPTIONS,
+    ),
+    "digits-reinforce-diffusion": RecipeInfo(
+        "artifex_rl.recipes.digits.rl:run_reinforce_diffusion",
+        "REINFORCE on a digit diffusion model's DDIM chain (DDPO's score-function estimator)", CHAIN_RL_OPTIONS,
     ),
 }
 
