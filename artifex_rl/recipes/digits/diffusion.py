@@ -93,8 +93,14 @@ def load_denoiser_run(run_dir: str) -> DiffusionTrainer | FlowTrainer:
     if recipe not in ("digits-diffusion", "digits-flow"):
         raise FileNotFoundError(f"{run_dir} holds a {recipe!r} run, expected digits-diffusion or digits-flow")
     kind = recipe.split("-")[1]
+    defaults = DIFFUSION if kind == "diffusion" else FLOW
+    # The run's own settings (its channels above all), as its config.json recorded them.
+    fields = {f.name for f in dataclasses.fields(DenoiserRunSettings)}
+    settings = dataclasses.replace(defaults, **{k: (tuple(v) if k == "channels" else v)
+                                                for k, v in run.items() if k in fields})
     trainer = build_denoiser_trainer(
-        kind, seed=int(config.get("seed") or 0), unconditional=bool(run.get("unconditional")), steps=int(run["steps"])
+        kind, seed=int(config.get("seed") or 0), unconditional=bool(run.get("unconditional")), steps=int(run["steps"]),
+        settings=settings,
     )
     last = ModelCheckpoint(CheckpointConfig(dirpath=os.path.join(run_dir, "checkpoints"))).resolve_checkpoint_path("last")
     if last is None:

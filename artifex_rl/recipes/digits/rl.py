@@ -182,7 +182,8 @@ def _evaluate(policy, model, conditions, seed, reward_fn, classifier, target, co
     return images, scores
 
 
-def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLSettings = SETTINGS) -> dict[str, Any]:
+def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLSettings | None = None) -> dict[str, Any]:
+    settings = settings or SETTINGS
     conditional = bool(getattr(args, "conditional", False))
     target = int(getattr(args, "target_digit", None) or 3)
     if not 0 <= target <= 9:
