@@ -280,3 +280,30 @@ def run_reinforce_diffusion(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train digits-reinforce-diffusion``: REINFORCE (DDPO's score-function estimator)
     on the same chains, with the batch-normalised reward as the advantage."""
     return _run(args, "diffusion", "reinforce")
+
+
+def plot_reward_curves(run_dirs: dict[str, str], path: str) -> str:
+    """One plot of ``mean_reward`` against reward evaluations for several runs of these recipes.
+
+    Args:
+      run_dirs: ``{legend name: run directory}`` (each with ``metrics.jsonl`` and ``summary.json``).
+      path: the ``.png`` to write.
+    """
+    import json
+
+    from artifex_rl.plotting import save_learning_curve
+
+    curves, x = {}, None
+    for name, run_dir in run_dirs.items():
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        per_step = summary["reward_evaluations"] / summary["steps"]
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if '"mean_reward"' in line]
+        steps = np.asarray([r["step"] for r in rows], np.float64) * per_step
+        if x is not None and (len(steps) != len(x) or not np.allclose(steps, x)):
+            raise ValueError(f"{run_dir} logged at other reward evaluations than the first run; cannot share an x axis")
+        x = steps
+        curves[name] = [r["mean_reward"] for r in rows]
+    return save_learning_curve(x, curves, path, xlabel="reward evaluations", ylabel="mean reward (training batch)",
+                               title="P(target digit) of the training sampler's samples")
