@@ -18,11 +18,18 @@ import json
 import sys
 from collections.abc import Sequence
 
-from artifex_rl.recipes import ENV_OPTIONS, LM_OPTIONS, PPO_OPTIONS, RECIPE_INFO, load_recipe
+from artifex_rl.recipes import (
+    DENOISING_OPTIONS,
+    ENV_OPTIONS,
+    LM_OPTIONS,
+    PPO_OPTIONS,
+    RECIPE_INFO,
+    load_recipe,
+)
 
 #: Hidden-layer activations of the environment models (artifex_rl.models.mlp; a test keeps them equal).
 ACTIVATIONS = ("elu", "gelu", "relu", "silu", "swish", "tanh")
-_RECIPE_OPTIONS = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | {"env"}
+_RECIPE_OPTIONS = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | DENOISING_OPTIONS | {"env"}
 
 
 def _flag(dest: str) -> str:
@@ -78,8 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     lm = train.add_argument_group("language-model and digits recipes (lm-*, digits-*)")
     lm.add_argument("--steps", type=int, default=None, help="RL steps (default per recipe)")
     lm.add_argument("--task", default=None, help="digit_sum or sort_digits")
+    # default None, not False: check_options refuses any recipe-specific option that is not None.
+    lm.add_argument("--unconditional", action="store_true", default=None,
+                    help="digits-diffusion/digits-flow only: train without class labels (no guidance)")
     train.add_argument("--log-every", type=int, default=None,
-                       help="log metrics every N trainer steps (environment and language-model recipes)")
+                       help="log metrics every N trainer steps (environment, language-model and digits recipes)")
     sub.add_parser("list", help="list the recipes")
     parser.train_parser = train  # check_options reports errors with the train command's usage
     return parser
@@ -88,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _why_not(recipe: str, dest: str) -> str:
     """Why ``recipe`` does not read option ``dest`` (for the error message)."""
     flag = _flag(dest)
+    if dest == "unconditional":
+        if recipe.startswith("digits-"):
+            return f"{recipe} trains without class labels already; only digits-diffusion and digits-flow are conditional"
+        return "it trains a digits denoiser without labels (digits-diffusion and digits-flow only)"
+    if recipe.startswith("digits-"):
+        reads = ", ".join(_flag(d) for d in sorted(RECIPE_INFO[recipe].options))
+        return f"{recipe} trains a generative model on the UCI digits; it reads {reads}"
     if dest == "env":
         algorithm = "reinforce" if "reinforce" in recipe else "ppo"
         if recipe.startswith("lm-"):

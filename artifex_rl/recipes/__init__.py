@@ -32,7 +32,7 @@ LM_OPTIONS = frozenset({"steps", "task", "log_every"})
 #: Options of the digits generative recipes.
 DIGITS_OPTIONS = frozenset({"steps", "log_every"})
 #: The diffusion and flow recipes also train unconditional models.
-DENOISING_OPTIONS = DIGITS_OPTIONS  # --unconditional: next session (its CLI tests are not written yet)
+DENOISING_OPTIONS = DIGITS_OPTIONS | {"unconditional"}
 
 
 @dataclasses.dataclass(frozen=True)
