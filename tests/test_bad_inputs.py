@@ -3,8 +3,9 @@
 Covers every case of the newcomer trial's section 5 (shared/reviews/newcomer-trial.md):
 out-of-range categorical actions and token ids, a Gaussian or actor-critic model
 under the default policy, GRPO's 8 observation rows for 32 samples, degenerate
-configs. Most errors are raised on the host or while tracing, before anything
-compiles, so the table is cheap.
+configs; the generative trainers' rows live in ``tests/_bad_generative.py``.
+Most errors are raised on the host or while tracing, before anything compiles,
+so the table is cheap.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from artifex_rl.rl import (
     REINFORCEConfig,
     REINFORCETrainer,
 )
+from tests._bad_generative import GENERATIVE_CASES
 from tests._lm_models import CurrentTokenLM
 
 OBS, ACTIONS, T, VOCAB = 4, 2, 16, 12
@@ -287,6 +289,7 @@ CASES = [
         {"tokens": _tok((4, 6)), "loss_mask": np.ones((4, 5), np.float32)}), ValueError, r"loss_mask"),
     # ------------------------------------------------------------------ fit
     ("fit_empty_dataloader", lambda: reinforce().fit([], max_steps=1), ValueError, r"dataloader"),
+    *GENERATIVE_CASES,
 ]
 
 
