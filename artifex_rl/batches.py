@@ -39,6 +39,19 @@ def require(batch: Mapping[str, Any], keys: Sequence[str], who: str) -> None:
         )
 
 
+def refuse_mask(batch: Mapping[str, Any], who: str) -> None:
+    """Raise a ValueError if ``batch`` has a ``"mask"`` that ``who``'s loss cannot weight by.
+
+    ``ArrayDataLoader(drop_last=False)`` pads the last batch with real rows and
+    a ``"mask"``; a loss that ignored it would count the padding as data.
+    """
+    if "mask" in batch:
+        raise ValueError(
+            f"{who} does not weight samples, so batch['mask'] would be ignored and padded rows would count "
+            "as data: drop the key, or batch with ArrayDataLoader(drop_last=True)"
+        )
+
+
 def check_shape(name: str, x: Any, expected: tuple[int | None, ...], who: str) -> None:
     """``x.shape`` must equal ``expected`` (``None`` entries match any size)."""
     shape = jnp.shape(x)
@@ -62,4 +75,4 @@ def flatten_leading(x: Array, n: int) -> Array:
     return x.reshape((-1,) + x.shape[n:])
 
 
-__all__ = ["canonical", "check_leading", "check_shape", "flatten_leading", "require"]
+__all__ = ["canonical", "check_leading", "check_shape", "flatten_leading", "refuse_mask", "require"]

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from artifex_rl.recipes import (
     CHAIN_RL_OPTIONS,
+    DENOISING_OPTIONS,
     ENV_OPTIONS,
     LM_OPTIONS,
     PPO_OPTIONS,
@@ -29,7 +30,7 @@ from artifex_rl.recipes import (
 
 #: Hidden-layer activations of the environment models (artifex_rl.models.mlp; a test keeps them equal).
 ACTIVATIONS = ("elu", "gelu", "relu", "silu", "swish", "tanh")
-_RECIPE_OPTIONS = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | CHAIN_RL_OPTIONS | {"env"}
+_RECIPE_OPTIONS = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | DENOISING_OPTIONS | CHAIN_RL_OPTIONS | {"env"}
 
 
 def _flag(dest: str) -> str:
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm = train.add_argument_group("language-model and digits recipes (lm-*, digits-*)")
     lm.add_argument("--steps", type=int, default=None, help="RL steps (default per recipe)")
     lm.add_argument("--task", default=None, help="digit_sum or sort_digits")
+    # default None, not False: check_options refuses any recipe-specific option that is not None.
+    lm.add_argument("--unconditional", action="store_true", default=None,
+                    help="digits-diffusion/digits-flow only: train without class labels (no guidance)")
     chain = train.add_argument_group("RL on a digit sampler (digits-grpo-diffusion, digits-grpo-flow, "
                                      "digits-reinforce-diffusion)")
     chain.add_argument("--target-digit", type=int, default=None, choices=range(10), metavar="D",
@@ -95,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run directory of an earlier digits-diffusion/digits-flow run (default: train one "
                             "into RUN_DIR/base)")
     train.add_argument("--log-every", type=int, default=None,
-                       help="log metrics every N trainer steps (environment and language-model recipes)")
+                       help="log metrics every N trainer steps (environment, language-model and digits recipes)")
     sub.add_parser("list", help="list the recipes")
     parser.train_parser = train  # check_options reports errors with the train command's usage
     return parser
@@ -104,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _why_not(recipe: str, dest: str) -> str:
     """Why ``recipe`` does not read option ``dest`` (for the error message)."""
     flag = _flag(dest)
+    if dest == "unconditional":
+        if "unconditional" not in RECIPE_INFO[recipe].options and "conditional" in RECIPE_INFO[recipe].options:
+            return f"{recipe} fine-tunes the base model of --base-run as it is (add --conditional for a conditional one)"
+        if recipe.startswith("digits-"):
+            return f"{recipe} trains without class labels already; only digits-diffusion and digits-flow are conditional"
+        return "it trains a digits denoiser without labels (digits-diffusion and digits-flow only)"
+    if recipe.startswith("digits-"):
+        reads = ", ".join(_flag(d) for d in sorted(RECIPE_INFO[recipe].options))
+        return f"{recipe} trains on the UCI digits; it reads {reads}"
     if dest == "env":
         algorithm = "reinforce" if "reinforce" in recipe else "ppo"
         if recipe.startswith("lm-"):

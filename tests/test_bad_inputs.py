@@ -3,8 +3,9 @@
 Covers every case of the newcomer trial's section 5 (shared/reviews/newcomer-trial.md):
 out-of-range categorical actions and token ids, a Gaussian or actor-critic model
 under the default policy, GRPO's 8 observation rows for 32 samples, degenerate
-configs. Most errors are raised on the host or while tracing, before anything
-compiles, so the table is cheap.
+configs; the generative trainers' rows live in ``tests/_bad_generative.py``.
+Most errors are raised on the host or while tracing, before anything compiles,
+so the table is cheap.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from artifex_rl.rl import (
     REINFORCEConfig,
     REINFORCETrainer,
 )
+from tests._bad_generative import GENERATIVE_CASES
 from tests._lm_models import CurrentTokenLM
 
 OBS, ACTIONS, T, VOCAB = 4, 2, 16, 12
@@ -74,6 +76,11 @@ def _rng(seed=0):
     return np.random.default_rng(seed)
 
 
+def _override(batch, over):
+    """``batch`` updated with ``over``; a key given as ``None`` is removed (a missing-key case)."""
+    return {k: v for k, v in {**batch, **over}.items() if v is not None}
+
+
 def reinforce_batch(**over):
     r = _rng()
     batch = {
@@ -81,15 +88,13 @@ def reinforce_batch(**over):
         "actions": r.integers(0, ACTIONS, T).astype(np.int32),
         "rewards": r.normal(size=T).astype(np.float32),
     }
-    batch.update(over)
-    return {k: v for k, v in batch.items() if v is not None}
+    return _override(batch, over)
 
 
 def ppo_batch(**over):
     batch = reinforce_batch()
     batch.update(log_probs=np.full(T, -0.7, np.float32), values=np.zeros(T, np.float32), dones=np.zeros(T, np.float32))
-    batch.update(over)
-    return {k: v for k, v in batch.items() if v is not None}
+    return _override(batch, over)
 
 
 def grpo_batch(n=32, g=4, **over):
@@ -100,8 +105,7 @@ def grpo_batch(n=32, g=4, **over):
         "rewards": r.normal(size=n).astype(np.float32),
         "group_size": g,
     }
-    batch.update(over)
-    return {k: v for k, v in batch.items() if v is not None}
+    return _override(batch, over)
 
 
 def grpo_token_batch(**over):
@@ -112,8 +116,7 @@ def grpo_token_batch(**over):
         "rewards": r.normal(size=8).astype(np.float32),
         "group_size": 4,
     }
-    batch.update(over)
-    return {k: v for k, v in batch.items() if v is not None}
+    return _override(batch, over)
 
 
 def dpo_batch(**over):
@@ -123,8 +126,7 @@ def dpo_batch(**over):
         "chosen": r.integers(0, VOCAB, (8, 3)).astype(np.int32),
         "rejected": r.integers(0, VOCAB, (8, 3)).astype(np.int32),
     }
-    batch.update(over)
-    return {k: v for k, v in batch.items() if v is not None}
+    return _override(batch, over)
 
 
 def _with(arr, index, value):
@@ -192,6 +194,15 @@ CASES = [
         reinforce_batch(actions=_with(reinforce_batch()["actions"], 3, 7))), ValueError, r"actions.*7.*num_actions=2"),
     ("reinforce_action_negative", lambda: reinforce().train_step(
         reinforce_batch(actions=_with(reinforce_batch()["actions"], 0, -1))), ValueError, r"actions.*-1"),
+    ("reinforce_float_actions", lambda: reinforce().train_step(
+        reinforce_batch(actions=reinforce_batch()["actions"].astype(np.float32))), TypeError,
+     r"needs integer actions \(an integer dtype such as int32\), got actions of dtype float32"),
+    ("reinforce_float_device_actions", lambda: reinforce().train_step(
+        {**reinforce_batch(), "actions": jnp.asarray(reinforce_batch()["actions"], jnp.float32)}), TypeError,
+     r"integer actions.*int32.*dtype float32"),
+    ("reinforce_auto_policy_logits_float_actions", lambda: reinforce(policy="auto").train_step(
+        reinforce_batch(actions=reinforce_batch()["actions"].astype(np.float64))), TypeError,
+     r"categorical policy needs integer actions.*dtype float"),
     ("reinforce_nan_reward", lambda: reinforce().train_step(
         reinforce_batch(rewards=_with(reinforce_batch()["rewards"], 2, np.nan))), ValueError, r"rewards"),
     ("reinforce_rewards_3d", lambda: reinforce().train_step(
@@ -218,6 +229,8 @@ CASES = [
         ppo_batch(log_probs=np.zeros((T, 2), np.float32))), ValueError, r"log_probs"),
     ("ppo_action_7_of_2", lambda: ppo().train_step(
         ppo_batch(actions=_with(ppo_batch()["actions"], 5, 7))), ValueError, r"actions.*num_actions=2"),
+    ("ppo_float_actions", lambda: ppo().train_step(
+        ppo_batch(actions=ppo_batch()["actions"].astype(np.float32))), TypeError, r"integer actions.*dtype float32"),
     ("ppo_obs_leading", lambda: ppo().train_step(ppo_batch(observations=_obs_rows(8))), ValueError, r"observations"),
     ("ppo_policy_only_model", lambda: ppo(Logits()).train_step(ppo_batch()), TypeError, r"value"),
     ("ppo_gaussian_policy_only_model", lambda: ppo(Gaussian()).train_step(ppo_batch()), TypeError, r"value"),
@@ -239,6 +252,8 @@ CASES = [
     ("grpo_group_size_float", lambda: grpo().train_step(grpo_batch(g=4.0)), TypeError, r"group_size"),
     ("grpo_action_7_of_2", lambda: grpo().train_step(
         grpo_batch(actions=_with(grpo_batch()["actions"], 0, 7))), ValueError, r"actions.*num_actions=2"),
+    ("grpo_float_actions", lambda: grpo(policy="categorical").train_step(
+        grpo_batch(actions=grpo_batch()["actions"].astype(np.float32))), TypeError, r"integer actions.*dtype float32"),
     ("grpo_token_negative", lambda: grpo(lm(), beta=0.0).train_step(
         grpo_token_batch(actions=_with(_tok((8, 5)), (0, 0), -1))), ValueError, r"actions.*-1"),
     ("grpo_token_50_vocab_12", lambda: grpo(lm(), beta=0.0).train_step(
@@ -273,6 +288,9 @@ CASES = [
     ("dpo_categorical_gaussian_model", lambda: dpo(Gaussian()).train_step(
         {"observations": _obs_rows(8), "chosen": np.zeros(8, np.int32), "rejected": np.ones(8, np.int32)}),
         TypeError, r"policy='gaussian'"),
+    ("dpo_categorical_float_chosen", lambda: dpo(Logits(), policy="categorical").train_step(
+        {"observations": _obs_rows(8), "chosen": np.zeros(8, np.float32), "rejected": np.ones(8, np.int32)}),
+        TypeError, r"integer actions.*dtype float32"),
     ("dpo_categorical_obs_rows", lambda: dpo(Logits()).train_step(
         {"observations": _obs_rows(4), "chosen": np.zeros(8, np.int32), "rejected": np.ones(8, np.int32)}),
         ValueError, r"observations"),
@@ -287,6 +305,7 @@ CASES = [
         {"tokens": _tok((4, 6)), "loss_mask": np.ones((4, 5), np.float32)}), ValueError, r"loss_mask"),
     # ------------------------------------------------------------------ fit
     ("fit_empty_dataloader", lambda: reinforce().fit([], max_steps=1), ValueError, r"dataloader"),
+    *GENERATIVE_CASES,
 ]
 
 
@@ -334,3 +353,53 @@ def test_resolve_policy_is_pure():
     trainer = reinforce(Gaussian(), policy="auto")
     trainer.train_step(reinforce_batch(actions=np.zeros((T, 2), np.float32)))
     assert trainer.policy is None
+
+
+# --------------------------------------------------------------------------------------------
+# Device batches are not read on the host: out-of-range actions are counted inside the step.
+
+
+def _device(batch):
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def _bad_actions(seed, shape=(T,)):
+    """Random actions in [-2, 4) for 2 logits (some out of range) and a random 0/1 mask."""
+    r = _rng(seed)
+    return r.integers(-2, 4, shape).astype(np.int32), (r.uniform(size=shape) < 0.7).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_invalid_action_frac_counts_real_out_of_range_actions(seed):
+    actions, mask = _bad_actions(seed)
+    real = mask > 0
+    want = np.mean((actions[real] < 0) | (actions[real] >= ACTIONS))
+    trainer = reinforce(nan_policy="skip")
+    before = np.asarray(trainer.train_state["params"]["model"]["lin"]["kernel"])
+    metrics = trainer.train_step(_device(reinforce_batch(actions=actions, mask=mask)))
+    assert float(metrics["invalid_action_frac"]) == pytest.approx(want)
+    # The NaN log-probs of the bad actions never reach the parameters.
+    assert float(metrics["skipped_step"]) == 1.0
+    np.testing.assert_array_equal(np.asarray(trainer.train_state["params"]["model"]["lin"]["kernel"]), before)
+
+    # PPO averages its metrics over minibatches: exact with one, positive whenever one is bad.
+    one = ppo(nan_policy="skip", num_minibatches=1, update_epochs=1).train_step(
+        _device(ppo_batch(actions=actions, mask=mask)))
+    assert float(one["invalid_action_frac"]) == pytest.approx(want)
+    four = ppo(nan_policy="skip", num_minibatches=4).train_step(_device(ppo_batch(actions=actions, mask=mask)))
+    assert float(four["invalid_action_frac"]) > 0
+
+
+def test_invalid_action_frac_is_zero_for_valid_batches_and_absent_for_gaussian_policies():
+    assert float(reinforce().train_step(_device(reinforce_batch()))["invalid_action_frac"]) == 0.0
+    assert float(ppo().train_step(ppo_batch())["invalid_action_frac"]) == 0.0
+    gaussian = reinforce(Gaussian(), policy="gaussian").train_step(
+        reinforce_batch(actions=_rng().normal(size=(T, 2)).astype(np.float32)))
+    assert "invalid_action_frac" not in gaussian
+
+
+def test_nan_policy_raise_names_the_invalid_action_frac_of_a_device_batch():
+    actions = _with(reinforce_batch()["actions"], slice(0, 4), 7)  # 4 of 16 out of range
+    trainer = reinforce(log_every_n_steps=1)
+    with pytest.raises(FloatingPointError, match=r"step 1 .*invalid_action_frac=0.25"):
+        trainer.train_step(_device(reinforce_batch(actions=actions)))

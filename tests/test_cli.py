@@ -11,6 +11,7 @@ from artifex_rl.cli import ACTIVATIONS, build_parser, check_options, main
 from artifex_rl.recipes import (
     CHAIN_RL_OPTIONS,
     COMMON_OPTIONS,
+    DENOISING_OPTIONS,
     ENV_OPTIONS,
     LM_OPTIONS,
     PPO_OPTIONS,
@@ -42,8 +43,9 @@ OPTION_ARGS: dict[str, list[str]] = {
     "target_digit": ["--target-digit", "7"],
     "conditional": ["--conditional"],
     "base_run": ["--base-run", "/nonexistent/base"],
+    "unconditional": ["--unconditional"],
 }
-RECIPE_SPECIFIC = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | CHAIN_RL_OPTIONS | {"env"}
+RECIPE_SPECIFIC = ENV_OPTIONS | PPO_OPTIONS | LM_OPTIONS | DENOISING_OPTIONS | CHAIN_RL_OPTIONS | {"env"}
 
 
 def _base(recipe: str) -> list[str]:
@@ -87,6 +89,26 @@ def test_the_newcomers_example_is_refused_with_a_pointer_to_env(capsys):
     with pytest.raises(SystemExit):
         main(["train", "cartpole-ppo", "--task", "Acrobot-v1"])
     assert "--task is a language-model option" in capsys.readouterr().err
+
+
+def test_unconditional_is_read_by_the_denoising_recipes_only(capsys):
+    assert {name for name, info in RECIPE_INFO.items() if "unconditional" in info.options} == {
+        "digits-diffusion", "digits-flow"}
+    parser = build_parser()
+    assert parser.parse_args(["train", "digits-flow"]).unconditional is None  # absent: not "given as False"
+    args = parser.parse_args(["train", "digits-diffusion", "--unconditional"])
+    assert args.unconditional is True
+    check_options(parser, args)  # no SystemExit
+    with pytest.raises(SystemExit):
+        main(["train", "digits-vae", "--unconditional"])
+    assert "digits-vae trains without class labels already" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "ppo", "--env", "CartPole-v1", "--unconditional"])
+    assert "digits-diffusion and digits-flow only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "digits-gan", "--env", "CartPole-v1"])
+    assert "digits-gan trains on the UCI digits; it reads --log-every, --steps" in (
+        capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPE_INFO))
@@ -237,3 +259,32 @@ def test_ppo_on_breakout_minatar_flattens_the_image_observations(tmp_path):
     summary = _read(run_dir, "summary.json")
     assert summary["env"] == "Breakout-MinAtar" and summary["total_env_steps"] == 256
     assert (run_dir / "checkpoints").is_dir()
+
+
+def test_digits_diffusion_unconditional_run_says_so(tmp_path, monkeypatch):
+    """--unconditional end to end with tiny settings: an unlabelled model, -1 labels, no class accuracy."""
+    import dataclasses
+
+    import numpy as np
+
+    from artifex_rl.metrics import train_digit_classifier
+    from artifex_rl.recipes.digits import common
+    from artifex_rl.recipes.digits import diffusion as recipes
+
+    tiny = dataclasses.replace(recipes.DIFFUSION, channels=(8, 8), sampler={**recipes.DIFFUSION.sampler, "num_steps": 2})
+    monkeypatch.setattr(recipes, "DIFFUSION", tiny)
+    quick = train_digit_classifier(0, 4, steps=5, cache_dir=str(tmp_path / "classifier"))
+    monkeypatch.setattr(common, "evaluation_classifier", lambda run_dir: quick)
+    run_dir = tmp_path / "run"
+    argv = ["train", "digits-diffusion", "--unconditional", "--steps", "2", "--log-every", "1", "--no-progress",
+            "--run-dir", str(run_dir)]
+    assert main(argv) == 0
+    summary = _read(run_dir, "summary.json")
+    assert summary["unconditional"] is True and summary["steps"] == 2
+    assert summary["sampler"]["guidance"] == 1.0  # nothing to guide without labels
+    assert summary.get("class_accuracy") is None and "class_histogram" in summary
+    config = _read(run_dir, "config.json")
+    assert config["command"] == shlex.join(["artifex-rl", *argv])
+    assert config["run"]["unconditional"] is True and config["trainer"]["cond_drop_prob"] == 0.0
+    with np.load(run_dir / "samples.npz") as data:
+        assert data["images"].shape == (500, 8, 8, 1) and set(data["labels"].tolist()) == {-1}

@@ -52,8 +52,9 @@ def test_categorical_log_prob_and_entropy(seed):
         expected_ent[idx] = ref_entropy_row(logits[idx])
     assert_close(head.log_prob(logits, actions), expected_logp)
     assert_close(head.entropy(logits), expected_ent)
-    # Float-stored actions are accepted (rollout buffers often store float arrays).
-    assert_close(head.log_prob(logits, actions.astype(np.float32)), expected_logp)
+    # Float actions are refused, even integer-valued ones: a float index would be truncated silently.
+    with pytest.raises(TypeError, match=r"integer actions.*got actions of dtype float32"):
+        head.log_prob(logits, actions.astype(np.float32))
     np.testing.assert_array_equal(np.asarray(head.mode(logits)), logits.argmax(-1))
 
 

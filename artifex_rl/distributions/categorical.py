@@ -29,7 +29,7 @@ def categorical_log_prob(logits: Any, actions: Any) -> Array:
 
     Args:
       logits: ``(..., A)`` unnormalised log-probabilities (``-inf`` masks an action).
-      actions: ``(...)`` integer actions (float-stored integers are accepted).
+      actions: ``(...)`` integer actions (a float is truncated here; :class:`CategoricalPolicy` refuses one).
 
     Returns:
       ``(...)`` log-probs, at least float32.
@@ -67,7 +67,7 @@ def categorical_entropy(logits: Any) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class CategoricalPolicy:
-    """Discrete actions from logits ``(..., A)``; actions are ints ``(...)``."""
+    """Discrete actions from logits ``(..., A)``; actions are integers ``(...)`` (any other dtype is a TypeError)."""
 
     def log_prob(self, output: Array, actions: Array) -> Array:
         logits = output  # a (mean, log_std) pair is refused by the trainers (rl.base.check_output_fits)
@@ -77,6 +77,13 @@ class CategoricalPolicy:
                 f"{jnp.shape(logits)}, so actions should have shape {jnp.shape(logits)[:-1]}, got "
                 f"{jnp.shape(actions)}; continuous actions (..., D) need policy='gaussian' and a model "
                 "returning (mean, log_std)"
+            )
+        dtype = jnp.result_type(actions)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(
+                f"the categorical policy needs integer actions (an integer dtype such as int32), got actions of "
+                f"dtype {dtype}: they index the logits, and a float would be truncated silently. Cast "
+                "integer-valued actions with .astype(np.int32); continuous actions need policy='gaussian'"
             )
         return categorical_log_prob(logits, actions)
 

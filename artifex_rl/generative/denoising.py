@@ -69,6 +69,9 @@ def masked_mean_loss(per_sample: Array, batch: Mapping[str, Array]):
     mask = batch.get("mask")
     if mask is None:
         return LossTerm(jnp.sum(per_sample), jnp.asarray(per_sample.shape[0], jnp.float32))
+    if jnp.shape(mask) != per_sample.shape:
+        raise ValueError(f"batch['mask'] must have shape {per_sample.shape} (one weight per image), "
+                         f"got {jnp.shape(mask)}")
     mask = jnp.asarray(mask, jnp.float32)
     return LossTerm(jnp.sum(per_sample * mask), jnp.sum(mask))
 
@@ -177,6 +180,12 @@ class DenoisingTrainer(Trainer):
             self._samplers[cache_key] = jax.jit(self.sampler(**options))
         params = self.ema_params if use_ema else self.train_state["params"]["model"]
         return self._samplers[cache_key](params, self.train_state["model_state"]["model"], key, labels)
+
+    def check_guidance(self, guidance: float) -> None:
+        """Refuse classifier-free guidance for an unconditional model (it would be silently ignored)."""
+        if guidance != 1.0 and self.num_classes is None:
+            raise ValueError(f"guidance={guidance} needs a class-conditional model; this one is unconditional "
+                             "(num_classes=None): use guidance=1.0")
 
     def sampler(self, **options: Any):
         """A pure ``(params, model_state, key, labels (B,)) -> images`` function (jittable)."""

@@ -98,6 +98,7 @@ class DiffusionTrainer(DenoisingTrainer):
         """A pure ``(params, model_state, key, labels (B,)) -> x0 (B, 8, 8, C)`` (see
         :func:`~artifex_rl.generative.samplers.diffusion_sample`); the initial noise is
         ``normal(split(key)[0])``, the steps' noise comes from ``split(key)[1]``."""
+        self.check_guidance(guidance)
 
         def run(params, model_state, key, labels):
             k_noise, k_steps = jax.random.split(key)

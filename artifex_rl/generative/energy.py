@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from artifex_rl.batches import require
+from artifex_rl.batches import refuse_mask, require
 from artifex_rl.config import TrainerConfig
 from artifex_rl.trainer import Trainer
 
@@ -79,8 +79,11 @@ class EnergyConfig(TrainerConfig):
                 raise ValueError(f"EnergyConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.buffer_prob <= 1.0:
             raise ValueError(f"EnergyConfig.buffer_prob must be in [0, 1], got {self.buffer_prob!r}")
-        if len(tuple(self.image_shape)) != 3:
-            raise ValueError(f"EnergyConfig.image_shape must be (H, W, C), got {self.image_shape!r}")
+        shape = tuple(self.image_shape)
+        if len(shape) != 3 or not all(hasattr(d, "__index__") and d >= 1 for d in shape):
+            raise ValueError(f"EnergyConfig.image_shape must be (H, W, C) of positive ints, got {self.image_shape!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"EnergyConfig.grad_clip must be > 0 or None (no clip), got {self.grad_clip!r}")
 
 
 def langevin_step(energy: Callable[[Array], Array], x: Array, noise: Array, step_size: float,
@@ -123,6 +126,7 @@ class EnergyTrainer(Trainer):
 
     def before_update(self, extra, model, batch, rng):
         require(batch, ["images"], type(self).__name__)
+        refuse_mask(batch, type(self).__name__)
         x = batch["images"]
         shape = tuple(self.config.image_shape)
         if jnp.ndim(x) != 4 or tuple(jnp.shape(x)[1:]) != shape or not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):

@@ -114,6 +114,9 @@ class FlowTrainer(DenoisingTrainer):
         """
         if method not in ("euler", "heun", "sde"):
             raise ValueError(f"method must be 'euler', 'heun' or 'sde', got {method!r}")
+        if method != "sde" and noise_level != 0.0:
+            raise ValueError(f"noise_level={noise_level} needs method='sde'; the {method!r} ODE sampler has no noise")
+        self.check_guidance(guidance)
 
         def run(params, model_state, key, labels):
             k_noise, k_steps = jax.random.split(key)

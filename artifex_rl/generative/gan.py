@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from artifex_rl.batches import require
+from artifex_rl.batches import refuse_mask, require
 from artifex_rl.config import TrainerConfig
 from artifex_rl.core.update import UpdatePhase
 from artifex_rl.trainer import Trainer
@@ -146,6 +146,7 @@ class GANTrainer(Trainer):
 
     def compute_loss(self, models: Mapping[str, nnx.Module], batch: Mapping[str, Array], rng: Array, phase: str):
         require(batch, ["images"], type(self).__name__)
+        refuse_mask(batch, type(self).__name__)
         real = batch["images"]
         if jnp.ndim(real) != 4 or not jnp.issubdtype(jnp.asarray(real).dtype, jnp.floating):
             raise ValueError(
@@ -157,6 +158,9 @@ class GANTrainer(Trainer):
         z_key, eps_key = jax.random.split(rng)
         z = jax.random.normal(z_key, (real.shape[0], cfg.latent_dim))
         fake = g(z)
+        if real.shape[1:] != fake.shape[1:]:
+            raise ValueError(f"GANTrainer: batch['images'] has shape {real.shape}, but the generator makes images "
+                             f"of shape (B, {', '.join(map(str, fake.shape[1:]))})")
         if phase == "discriminator":
             fake = jax.lax.stop_gradient(fake)
             r, f = d(real), d(fake)

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from artifex_rl.batches import require
+from artifex_rl.batches import refuse_mask, require
 from artifex_rl.config import TrainerConfig
 from artifex_rl.trainer import Trainer
 
@@ -126,6 +126,7 @@ class VAETrainer(Trainer):
 
     def before_update(self, extra, model, batch, rng):
         require(batch, ["images"], type(self).__name__)
+        refuse_mask(batch, type(self).__name__)
         n = jnp.shape(batch["images"])[0]
         batch = {**batch, "kl_weight": jnp.full((n,), self.kl_beta(extra["step"]), jnp.float32)}
         return {"step": extra["step"] + 1}, batch
@@ -137,7 +138,10 @@ class VAETrainer(Trainer):
                 f"VAETrainer: batch['images'] must be float (B, H, W, C) in [-1, 1], got shape "
                 f"{jnp.shape(x)} dtype {jnp.asarray(x).dtype}"
             )
-        mean, log_std = model.encoder(x)
+        try:
+            mean, log_std = model.encoder(x)
+        except ValueError as err:  # the model's own check names its argument, not the batch key
+            raise ValueError(f"VAETrainer: the encoder refused batch['images'] of shape {jnp.shape(x)}: {err}") from err
         z = mean + jnp.exp(log_std) * jax.random.normal(rng, mean.shape)
         out = model.decoder(z)
         if out.shape != x.shape:

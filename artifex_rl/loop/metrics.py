@@ -144,6 +144,10 @@ def _nonfinite_error(entries: list[dict[str, Array]], last_step: int) -> Floatin
             step = last_step - len(rows) + i + 1
             bad = [k for k, v in row.items() if not math.isfinite(v)]
             what = f"the first non-finite metric is {bad[0]!r}" if bad else "the new parameters were not finite"
+            # In-step value checks of device batches (e.g. invalid_action_frac) say why.
+            invalid = [f"{k}={v:g}" for k, v in row.items() if k.startswith("invalid_") and v > 0]
+            if invalid:
+                what += f"; the batch held invalid values: {', '.join(invalid)}"
             return FloatingPointError(
                 f"step {step} produced non-finite values ({what}); its update was not applied, so the "
                 "parameters and every saved checkpoint are finite. Set TrainerConfig(nan_policy='skip') "

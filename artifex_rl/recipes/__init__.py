@@ -34,7 +34,7 @@ DIGITS_OPTIONS = frozenset({"steps", "log_every"})
 #: Options of the RL recipes on a digit sampler's chain (digits-grpo-*, digits-reinforce-diffusion).
 CHAIN_RL_OPTIONS = frozenset({"steps", "log_every", "target_digit", "conditional", "base_run"})
 #: The diffusion and flow recipes also train unconditional models.
-DENOISING_OPTIONS = DIGITS_OPTIONS  # --unconditional: next session (its CLI tests are not written yet)
+DENOISING_OPTIONS = DIGITS_OPTIONS | {"unconditional"}
 
 
 @dataclasses.dataclass(frozen=True)

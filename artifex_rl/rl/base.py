@@ -21,6 +21,7 @@ from artifex_rl.distributions import (
     get_policy_head,
 )
 from artifex_rl.events import Callback
+from artifex_rl.rl.losses import masked_mean
 from artifex_rl.trainer import Trainer
 
 REFERENCE = "reference"
@@ -90,6 +91,28 @@ class RLTrainer(Trainer):
     def check_output_fits(self, head: PolicyHead, output: Any) -> None:
         """A model output the head cannot read is an error that names the head that would fit."""
         check_output_fits(head, output, type(self).__name__)
+
+    @staticmethod
+    def action_metrics(head: PolicyHead, logits: Any, actions: Any, mask: Any = None) -> dict[str, jax.Array]:
+        """``{"invalid_action_frac"}`` for a categorical head, else ``{}`` (inside the step).
+
+        The fraction of actions (real ones: ``mask > 0``) outside ``[0, num_actions)``
+        with ``num_actions = logits.shape[-1]``. A host batch never gets here
+        with one (:meth:`check_host_values` refuses it); a device batch is not
+        read on the host, so this metric is how a bad one shows: its log-probs
+        are NaN, and ``invalid_action_frac > 0`` says why. Like every
+        ``compute_loss`` metric it is averaged over the step's minibatches: the
+        batch's exact fraction with one minibatch, and > 0 whenever any real
+        action is out of range.
+
+        Args:
+          logits: ``(..., A)``; actions: ``(...)`` integers; mask: ``(...)`` or ``None``.
+        """
+        if not isinstance(head, CategoricalPolicy):
+            return {}
+        actions = jnp.asarray(actions)
+        bad = (actions < 0) | (actions >= jnp.shape(logits)[-1])
+        return {"invalid_action_frac": masked_mean(bad.astype(jnp.float32), mask)}
 
     # ----------------------------------------------------- host-side values
     def train_step(self, batch, *args, **kwargs):

@@ -195,4 +195,5 @@ class PPOTrainer(RLTrainer):
             "approx_kl": surrogate["approx_kl"],
             "kl_divergence": surrogate["approx_kl"],
             "clip_fraction": surrogate["clip_fraction"],
+            **self.action_metrics(head, policy_output, batch["actions"], mask),
         }

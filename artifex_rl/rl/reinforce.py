@@ -211,6 +211,7 @@ class REINFORCETrainer(RLTrainer):
             log_prob = masked_sum(token_logp, mask, axis=-1)
             policy_loss = -jnp.mean(log_prob * returns)
             entropy = masked_mean(token_entropy, mask)
+            extra = {}
         else:
             mask = batch.get("mask")
             output = model(batch["observations"])
@@ -219,6 +220,7 @@ class REINFORCETrainer(RLTrainer):
             log_prob = head.log_prob(output, batch["actions"])
             policy_loss = -masked_mean(log_prob * returns, mask)
             entropy = masked_mean(head.entropy(output), mask)
+            extra = self.action_metrics(head, output, batch["actions"], mask)
         loss = policy_loss - self.config.entropy_coeff * entropy
         if mask is not None and not self.is_token_policy:
             # Every term is a mean over the valid steps: as (sum, count) the loss
@@ -226,7 +228,7 @@ class REINFORCETrainer(RLTrainer):
             # different numbers of valid steps.
             count = jnp.sum(jnp.asarray(mask) > 0).astype(jnp.float32)
             loss = LossTerm(loss * jnp.maximum(count, 1.0), count)
-        return loss, {"policy_loss": policy_loss, "entropy": entropy}
+        return loss, {"policy_loss": policy_loss, "entropy": entropy, **extra}
 
 
 def _finished_in_window(dones: jax.Array) -> jax.Array:
