@@ -403,3 +403,15 @@ def test_nan_policy_raise_names_the_invalid_action_frac_of_a_device_batch():
     trainer = reinforce(log_every_n_steps=1)
     with pytest.raises(FloatingPointError, match=r"step 1 .*invalid_action_frac=0.25"):
         trainer.train_step(_device(reinforce_batch(actions=actions)))
+
+
+def test_grpo_and_dpo_count_out_of_range_actions_of_a_device_batch():
+    actions = _with(grpo_batch()["actions"], slice(0, 8), 5)  # 8 of 32 outside [0, 2)
+    metrics = grpo(nan_policy="skip").train_step(_device(grpo_batch(actions=actions)) | {"group_size": 4})
+    assert float(metrics["invalid_action_frac"]) == pytest.approx(0.25)
+    r = _rng(3)
+    pairs = {"observations": r.normal(size=(8, OBS)).astype(np.float32),
+             "chosen": _with(r.integers(0, ACTIONS, 8).astype(np.int32), slice(0, 2), -1),
+             "rejected": r.integers(0, ACTIONS, 8).astype(np.int32)}
+    trainer = DPOTrainer(Logits(), optax.sgd(0.01), DPOConfig(nan_policy="skip"), policy="categorical")
+    assert float(trainer.train_step(_device(pairs))["invalid_action_frac"]) == pytest.approx(2 / 16)

@@ -43,7 +43,7 @@ from flax import nnx
 
 from artifex_rl.batches import canonical, check_leading, check_shape, require
 from artifex_rl.core.loss_terms import LossTerm
-from artifex_rl.distributions import PolicyHead, score_sequences
+from artifex_rl.distributions import CategoricalPolicy, PolicyHead, score_sequences
 from artifex_rl.distributions.chain import PreferenceLikelihood
 from artifex_rl.events import Callback
 from artifex_rl.rl.base import REFERENCE, RLTrainer
@@ -168,6 +168,12 @@ class DPOTrainer(RLTrainer):
     def compute_loss(self, model, batch, rng):
         cfg = self.config
         chosen, rejected = self._sequence_log_probs(model, batch)
+        head = self.resolve_policy(batch["chosen"])
+        action_metrics = {}
+        if isinstance(head, CategoricalPolicy):  # a device batch is not read on the host: count bad actions here
+            logits = model(batch["observations"])
+            both = jnp.concatenate([jnp.ravel(batch["chosen"]), jnp.ravel(batch["rejected"])])
+            action_metrics = self.action_metrics(head, logits, both)
         tokens_policy = self.is_tokens(self.resolve_policy(batch["chosen"]))
         lengths = {}
         if cfg.reference_free and tokens_policy:
@@ -208,4 +214,5 @@ class DPOTrainer(RLTrainer):
             "rejected_log_prob": jnp.mean(rejected),
             **metrics,
             **extra,
+            **action_metrics,
         }

@@ -408,7 +408,7 @@ class GRPOTrainer(RLTrainer):
         cfg = self.config
         mask = batch["completion_mask"]
         head = self.resolve_policy(batch["actions"])
-        kl_per_token = None
+        kl_per_token, action_metrics = None, {}
         if is_trajectory_policy(head):  # steps of sampling chains, like tokens
             log_probs, old, entropy, kl_per_token = trajectory_scores(head, model, batch)
         elif self.is_tokens(head):
@@ -418,6 +418,7 @@ class GRPOTrainer(RLTrainer):
         else:
             output = model(batch["observations"])
             self.check_output_fits(head, output)
+            action_metrics = self.action_metrics(head, output, batch["actions"])
             # One "token" per sample, so the token aggregations reduce to a batch mean.
             log_probs = head.log_prob(output, batch["actions"])[:, None]
             entropy = head.entropy(output)[:, None]
@@ -445,6 +446,7 @@ class GRPOTrainer(RLTrainer):
             "kl": kl,
             "kl_penalty": cfg.beta * kl,
             **diagnostics,
+            **action_metrics,
         }
 
 
