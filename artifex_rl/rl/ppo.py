@@ -30,10 +30,19 @@ reward so that truncation bootstraps instead of looking terminal. ``mask``
 
 The model returns ``(policy_output, value)``: logits ``(N, A)`` or
 ``(mean, log_std)``, and values ``(N,)``.
+
+With ``policy=`` a :class:`~artifex_rl.distributions.chain.TrajectoryPolicy`
+(a diffusion or flow sampler, DDPO's importance-sampling variant) the model is
+the denoiser and there is no value network: online, ``reward_fn`` rewards
+chains rolled out from prompts ``observations (B,)`` (``group_size`` chains
+each), the advantages are DDPO's per-condition reward statistics, and the
+updates run the clipped surrogate over each chain's trained steps (see
+:mod:`artifex_rl.rl.trajectories`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -41,15 +50,24 @@ import jax.numpy as jnp
 
 from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
 from artifex_rl.core.loss_terms import LossTerm
+from artifex_rl.events import Callback
 from artifex_rl.rl.base import RLTrainer
 from artifex_rl.rl.configs import PPOConfig
 from artifex_rl.rl.losses import (
+    clipped_surrogate_metrics,
+    clipped_surrogate_per_element,
     compute_clipped_surrogate_loss,
     compute_gae_advantages,
     masked_mean,
     normalize_advantages,
 )
 from artifex_rl.rl.reinforce import _zero_padding
+from artifex_rl.rl.trajectories import (
+    is_trajectory_policy,
+    per_condition_advantages,
+    prepare_trajectory_batch,
+    trajectory_scores,
+)
 
 
 def _split_model_output(output: Any, who: str) -> tuple[Any, jax.Array]:
@@ -88,7 +106,23 @@ class PPOTrainer(RLTrainer):
     config: PPOConfig
     expects_value_output = True
 
+    def __init__(
+        self,
+        model,
+        optimizer,
+        config: PPOConfig | None = None,
+        *,
+        policy: Any = None,
+        reward_fn: Callable[..., jax.Array] | None = None,
+        callbacks: Sequence[Callback] = (),
+    ):
+        """As :class:`RLTrainer`; ``reward_fn`` rewards the samples of a chain policy rolled out online."""
+        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks)
+        self.reward_fn = reward_fn
+
     def index_keys(self, batch):
+        if is_trajectory_policy(self.policy):
+            return []
         return [("actions", "mask", "action")]
 
     def update_schedule(self) -> tuple[int, int]:
@@ -102,6 +136,19 @@ class PPOTrainer(RLTrainer):
     def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
         batch = canonical(batch)
         who = type(self).__name__
+        if is_trajectory_policy(self.policy):
+            if "rewards" not in batch and self.reward_fn is None:
+                raise ValueError(f"{who}: a chain policy trained online needs reward_fn=... (the batch has no 'rewards')")
+            group_size = batch.get("group_size", 1)
+            if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+                raise TypeError(f"{who}: batch['group_size'] must be a Python int >= 1, got {group_size!r}")
+            prompts = jnp.asarray(batch["observations"])
+            conditions = jnp.repeat(prompts, group_size, axis=0) if "rewards" not in batch else prompts
+            return prepare_trajectory_batch(
+                self.policy, model, batch, rng, reward_fn=self.reward_fn, group_size=group_size,
+                advantage_fn=lambda r: per_condition_advantages(r, conditions), advantage_clip=None,
+                score_old=True, reference=None, who=who,
+            )
         require(batch, ["observations", "actions", "rewards", "values", "log_probs"], who)
         cfg = self.config
         rewards = jnp.asarray(batch["rewards"], jnp.float32)
@@ -160,6 +207,14 @@ class PPOTrainer(RLTrainer):
 
     def compute_loss(self, model, batch, rng):
         cfg = self.config
+        if is_trajectory_policy(self.policy):  # DDPO_IS: clipped surrogate over the chains' steps, no critic
+            log_probs, old, entropy, _ = trajectory_scores(self.policy, model, batch)
+            advantages = jax.lax.stop_gradient(batch["advantages"])
+            policy_loss = jnp.mean(clipped_surrogate_per_element(log_probs, old, advantages, cfg.clip_param))
+            return policy_loss - cfg.entropy_coeff * jnp.mean(entropy), {
+                "policy_loss": policy_loss, "entropy": jnp.mean(entropy),
+                **clipped_surrogate_metrics(log_probs, old, cfg.clip_param),
+            }
         mask = batch.get("mask")
         policy_output, value = _split_model_output(model(batch["observations"]), type(self).__name__)
         head = self.resolve_policy(batch["actions"], output=policy_output)

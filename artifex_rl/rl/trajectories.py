@@ -19,7 +19,11 @@ under ``stop_gradient`` (the first ratio is exactly 1, and one forward pass
 is saved); with more iterations they are scored once before the updates.
 
 REINFORCE (DDPO's ``DDPO_SF``, the score-function estimator) uses the same
-batch with normalised rewards as advantages and ``-mean_i(sum_k lp_ik A_i)``.
+batch with normalised rewards as advantages and ``-mean_i(sum_k lp_ik A_i)``;
+PPO (DDPO's ``DDPO_IS``) the clipped surrogate over ``update_epochs`` x
+``num_minibatches`` updates of the stored chains, with DDPO's per-condition
+reward statistics as advantages (:func:`per_condition_advantages`), no value
+network.
 
 Everything here runs inside the compiled step; the reward function must be
 written in ``jnp`` (image rewards are).
@@ -141,6 +145,28 @@ def prepare_trajectory_batch(
     return prepared
 
 
+def per_condition_advantages(rewards: Array, conditions: Array, eps: float = 1e-4) -> tuple[Array, dict[str, Array]]:
+    """DDPO's per-prompt reward statistics, over the batch: ``(r - mean_c) / (std_c + eps)``.
+
+    ``mean_c``/``std_c`` are over the batch's samples with the same condition
+    (DDPO's ``PerPromptStatTracker`` without its history buffer); with one
+    condition this is the batch-normalised reward. Non-finite rewards get 0
+    and are left out of the statistics.
+
+    Args:
+      rewards: ``(B,)``; conditions: ``(B,)`` (any values that compare with ``==``).
+    """
+    finite = jnp.isfinite(rewards)
+    r = jnp.where(finite, rewards, 0.0)
+    cond = jnp.asarray(conditions).reshape(rewards.shape[0], -1)
+    same = jnp.all(cond[:, None, :] == cond[None, :, :], axis=-1) & finite[None, :]
+    count = jnp.maximum(jnp.sum(same, axis=1), 1)
+    mean = jnp.sum(jnp.where(same, r[None, :], 0.0), axis=1) / count
+    var = jnp.sum(jnp.where(same, jnp.square(r[None, :] - mean[:, None]), 0.0), axis=1) / count
+    advantages = jnp.where(finite, (r - mean) / (jnp.sqrt(var) + eps), 0.0)
+    return advantages, {"reward_std": jnp.mean(jnp.sqrt(var)), "nonfinite_reward_frac": 1.0 - jnp.mean(finite)}
+
+
 def trajectory_scores(policy: TrajectoryPolicy, model: Any, batch: dict[str, Any]) -> tuple[Array, Array, Array, Array | None]:
     """``(log_probs (B, K), old_log_probs (B, K), entropy (B, K), kl (B, K) | None)`` of a prepared batch."""
     scores = policy.score(model, batch["observations"], batch["actions"], batch["steps"])
@@ -151,4 +177,4 @@ def trajectory_scores(policy: TrajectoryPolicy, model: Any, batch: dict[str, Any
     return scores.log_probs, old, policy.entropy(scores), kl
 
 
-__all__ = ["is_trajectory_policy", "prepare_trajectory_batch", "trajectory_scores"]
+__all__ = ["is_trajectory_policy", "per_condition_advantages", "prepare_trajectory_batch", "trajectory_scores"]
