@@ -1,0 +1,88 @@
+"""Trainers on a device mesh (issue 13): 8 forced host devices against one device.
+
+The checks run in ONE subprocess (``tests/_distributed_checks.py``) because
+``--xla_force_host_platform_device_count`` must be set before JAX starts;
+each test below asserts one of its results. A check compares a trainer on
+``make_mesh()`` (8 devices; parameters replicated or FSDP-split) with the same
+trainer on one device: the parameters after the step(s) agree within
+``rtol=1e-5`` (reductions run in another order over 8 devices).
+
+The single-process sharding rules (``fsdp_spec``, config validation) are
+tested in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from artifex_rl import TrainerConfig
+from artifex_rl.distributed import fsdp_spec, make_mesh
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mesh_checks(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("distributed") / "checks.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_distributed_checks.py"), str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _assert_check(mesh_checks: dict, key: str) -> None:
+    assert key in mesh_checks, f"check {key!r} did not run: {sorted(mesh_checks)}"
+    result = mesh_checks[key]
+    assert result["ok"], result["detail"]
+
+
+@pytest.mark.parametrize("mode", ["replicated", "fsdp"])
+@pytest.mark.parametrize("name", ["reinforce", "ppo", "grpo", "dpo"])
+def test_one_step_on_8_devices_equals_one_device(mesh_checks, name, mode):
+    _assert_check(mesh_checks, f"one_step/{name}/{mode}")
+
+
+def test_accumulation_and_steps_per_execution_on_the_mesh(mesh_checks):
+    _assert_check(mesh_checks, "accumulation_and_chunks/fsdp")
+
+
+def test_fused_cartpole_ppo_on_8_devices_equals_one_device(mesh_checks):
+    _assert_check(mesh_checks, "fused_cartpole/replicated")
+
+
+@pytest.mark.parametrize("direction", ["8to1", "1to8"])
+def test_checkpoint_restores_onto_another_mesh_and_continues(mesh_checks, direction):
+    _assert_check(mesh_checks, f"checkpoint/{direction}")
+
+
+def test_sharding_summary_shows_the_split_batch(mesh_checks):
+    _assert_check(mesh_checks, "summary")
+
+
+def test_fsdp_spec_splits_the_largest_divisible_axis():
+    assert fsdp_spec((16, 64), 8) == P(None, "data")
+    assert fsdp_spec((64, 16), 8) == P("data")
+    assert fsdp_spec((24, 16), 8) == P("data")  # the larger of two divisible axes
+    assert fsdp_spec((16, 16), 8) == P("data")  # equal sizes: the first
+    assert fsdp_spec((3, 5), 8) == P()  # nothing divides: replicated
+    assert fsdp_spec((4,), 8) == P()  # smaller than the axis
+    assert fsdp_spec((), 8) == P()
+    assert fsdp_spec((16, 64), 1) == P()
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="param_sharding"):
+        TrainerConfig(param_sharding="zero3")
+    with pytest.raises(ValueError, match="data must be -1 or an int"):
+        make_mesh(data=10_000)
