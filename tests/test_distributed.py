@@ -86,3 +86,19 @@ def test_bad_settings_name_the_field():
         TrainerConfig(param_sharding="zero3")
     with pytest.raises(ValueError, match="data must be -1 or an int"):
         make_mesh(data=10_000)
+
+
+def test_initialize_without_a_coordinator_is_a_single_process_run(monkeypatch):
+    from artifex_rl.distributed import initialize
+
+    for name in ("ARTIFEX_COORDINATOR", "ARTIFEX_NUM_PROCESSES", "ARTIFEX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert initialize() is False
+    monkeypatch.setenv("ARTIFEX_COORDINATOR", "127.0.0.1:1234")
+    with pytest.raises(ValueError, match="num_processes and process_id"):
+        initialize()
+    with pytest.raises(ValueError, match=r"process_id must be in \[0, 2\), got 2"):
+        initialize(num_processes=2, process_id=2)
+    monkeypatch.setenv("ARTIFEX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="ARTIFEX_NUM_PROCESSES must be an int, got 'two'"):
+        initialize()

@@ -86,12 +86,15 @@ class MeshPlacement:
         batches). With several processes each process passes its own rows
         (``N / process_count`` of them); an entry this process's devices do
         not divide is an error naming it (it cannot tell per-process rows from
-        a value shared by all).
+        a value shared by all). A global array (made on the mesh by a compiled
+        source) is kept whole.
         """
         if self.processes == 1:
             return jax.tree.map(lambda x: _put(x, self.batch_sharding_of(np.shape(x), leading)), arrays)
 
         def local(path: Any, x: Any) -> jax.Array:
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already global (a device source's)
+                return _put(x, self.batch_sharding_of(x.shape, leading))
             shape = np.shape(x)
             if len(shape) <= leading:  # a scalar: the same on every process
                 return jax.make_array_from_process_local_data(self.replicated, np.asarray(x))
