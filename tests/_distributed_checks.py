@@ -207,6 +207,66 @@ def check_checkpoint(direction: str) -> str:
     return "; ".join(out)
 
 
+def check_online_grpo(host_reward: bool) -> str:
+    """Sampling, rewards, group advantages and the update in the sharded step (8 prompts x 4 = 32 rows)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests._lm_models import CurrentTokenLM
+
+    vocab = 8
+
+    def jnp_reward(tokens, conditions, completion_mask):
+        hits = jnp.sum((tokens == 3) * completion_mask, axis=-1)
+        return conditions + hits / jnp.maximum(jnp.sum(completion_mask, axis=-1), 1)
+
+    def np_reward(tokens, conditions, completion_mask):
+        tokens, mask = np.asarray(tokens), np.asarray(completion_mask)
+        return (np.asarray(conditions) + ((tokens == 3) * mask).sum(-1) / np.maximum(mask.sum(-1), 1)).astype(np.float32)
+
+    reward = np_reward if host_reward else jnp_reward
+    prompts = np.random.default_rng(0).integers(2, vocab, (8, 2)).astype(np.int32)
+    batch = {"prompts": prompts, "conditions": np.linspace(0, 1, 8).astype(np.float32)}
+
+    def run(mesh):
+        config = GRPOConfig(num_generations=4, max_new_tokens=4, eos_id=1, pad_id=0, beta=0.04)
+        trainer = GRPOTrainer(CurrentTokenLM(vocab, dim=8, rngs=nnx.Rngs(0)), optax.adam(1e-2), config,
+                              reward_fn=reward, mesh=mesh)
+        for _ in range(2):
+            metrics = trainer.train_step(batch, reward, jax.random.key(0))
+        assert trainer.reward_on_host is host_reward
+        return trainer, metrics
+
+    single, m1 = run(None)
+    sharded, m8 = run(make_mesh())
+    return "; ".join([
+        same(single.last_outputs["completions"], sharded.last_outputs["completions"], "completions"),
+        same(single.train_state["params"], sharded.train_state["params"], "params after 2 online steps"),
+        same(m1["loss"], m8["loss"], "loss"),
+    ])
+
+
+def check_two_models() -> str:
+    """Two models, two optimizers, update phases with repeats and an EMA in ``extra`` (a GAN's shape)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from artifex_rl import TrainerConfig
+    from tests._models import TinyMLP, TwoModelTrainer, regression_batches
+
+    def run(mesh):
+        models = {"actor": TinyMLP(8, 16, 1, rngs=nnx.Rngs(0)), "critic": TinyMLP(8, 16, 1, rngs=nnx.Rngs(1))}
+        optimizers = {"actor": optax.adam(1e-2), "critic": optax.sgd(0.05, momentum=0.9)}
+        trainer = TwoModelTrainer(models, optimizers, TrainerConfig(param_sharding="fsdp"), mesh=mesh)
+        for batch in regression_batches(2, 32, in_dim=8):
+            trainer.train_step(batch)
+        return trainer
+
+    single, sharded = run(None), run(make_mesh())
+    ema = sharded.train_state["extra"]["actor_ema"]["l1"]["kernel"]
+    assert ema.sharding.spec == jax.sharding.PartitionSpec(None, "data"), f"EMA placed as {ema.sharding}"
+    return "; ".join([
+        same(single.train_state["params"], sharded.train_state["params"], "params of both models"),
+        same(single.train_state["extra"], sharded.train_state["extra"], "EMA"),
+    ])
+
+
 def check_summary() -> str:
     trainer = make_trainer("reinforce", make_mesh(), param_sharding="fsdp")
     text = trainer.sharding_summary(batch_for("reinforce"))
@@ -225,6 +285,9 @@ def main(out_path: str) -> None:
     checks["fused_cartpole/replicated"] = lambda: check_fused_cartpole("replicated")
     checks["checkpoint/8to1"] = lambda: check_checkpoint("8to1")
     checks["checkpoint/1to8"] = lambda: check_checkpoint("1to8")
+    checks["grpo_online/jit_reward"] = lambda: check_online_grpo(False)
+    checks["grpo_online/host_reward"] = lambda: check_online_grpo(True)
+    checks["two_models/fsdp"] = check_two_models
     checks["summary"] = check_summary
     only = os.environ.get("ARTIFEX_CHECKS")
     results = {}

@@ -1,8 +1,8 @@
 """Trainers on a device mesh (issue 13): 8 forced host devices against one device.
 
-The checks run in ONE subprocess (``tests/_distributed_checks.py``) because
-``--xla_force_host_platform_device_count`` must be set before JAX starts;
-each test below asserts one of its results. A check compares a trainer on
+The checks run in subprocesses (``tests/_distributed_checks.py``, three
+groups) because ``--xla_force_host_platform_device_count`` must be set before
+JAX starts; each test below asserts one of their results. A check compares a trainer on
 ``make_mesh()`` (8 devices; parameters replicated or FSDP-split) with the same
 trainer on one device: the parameters after the step(s) agree within
 ``rtol=1e-5`` (reductions run in another order over 8 devices).
@@ -28,21 +28,46 @@ from artifex_rl.distributed import fsdp_spec, make_mesh
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The checks in three subprocesses of about a minute each (by key prefix), each
+# started by the first test that needs one of its results.
+GROUPS = {
+    "steps": ("one_step/",),
+    "loops": ("accumulation_and_chunks/", "fused_cartpole/", "two_models/", "summary"),
+    "restore": ("checkpoint/", "grpo_online/"),
+}
+
+
+class MeshChecks:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.results: dict[str, dict] = {}
+
+    def run_group(self, group: str) -> None:
+        out = self.tmp / f"{group}.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env.pop("XLA_FLAGS", None)
+        env["ARTIFEX_CHECKS"] = ",".join(GROUPS[group])
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "_distributed_checks.py"), str(out)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        self.results.update(json.loads(out.read_text()))
+
+    def __getitem__(self, key: str) -> dict:
+        if key not in self.results:
+            group = next(g for g, prefixes in GROUPS.items() if key.startswith(prefixes))
+            self.run_group(group)
+        assert key in self.results, f"check {key!r} did not run: {sorted(self.results)}"
+        return self.results[key]
+
+
 @pytest.fixture(scope="session")
-def mesh_checks(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("distributed") / "checks.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "_distributed_checks.py"), str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+def mesh_checks(tmp_path_factory) -> MeshChecks:
+    return MeshChecks(tmp_path_factory.mktemp("distributed"))
 
 
-def _assert_check(mesh_checks: dict, key: str) -> None:
-    assert key in mesh_checks, f"check {key!r} did not run: {sorted(mesh_checks)}"
+def _assert_check(mesh_checks: MeshChecks, key: str) -> None:
     result = mesh_checks[key]
     assert result["ok"], result["detail"]
 
@@ -64,6 +89,16 @@ def test_fused_cartpole_ppo_on_8_devices_equals_one_device(mesh_checks):
 @pytest.mark.parametrize("direction", ["8to1", "1to8"])
 def test_checkpoint_restores_onto_another_mesh_and_continues(mesh_checks, direction):
     _assert_check(mesh_checks, f"checkpoint/{direction}")
+
+
+@pytest.mark.parametrize("reward", ["jit_reward", "host_reward"])
+def test_online_grpo_on_8_devices_equals_one_device(mesh_checks, reward):
+    """Sampling, scoring and the update on the mesh: the same completions and parameters."""
+    _assert_check(mesh_checks, f"grpo_online/{reward}")
+
+
+def test_two_models_phases_and_ema_on_the_mesh(mesh_checks):
+    _assert_check(mesh_checks, "two_models/fsdp")
 
 
 def test_sharding_summary_shows_the_split_batch(mesh_checks):
