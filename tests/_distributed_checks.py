@@ -283,6 +283,7 @@ def main(out_path: str) -> None:
             checks[f"one_step/{name}/{mode}"] = lambda name=name, mode=mode: check_one_step(name, mode)
     checks["accumulation_and_chunks/fsdp"] = lambda: check_accumulation_and_chunks("fsdp")
     checks["fused_cartpole/replicated"] = lambda: check_fused_cartpole("replicated")
+    checks["fused_cartpole/fsdp"] = lambda: check_fused_cartpole("fsdp")
     checks["checkpoint/8to1"] = lambda: check_checkpoint("8to1")
     checks["checkpoint/1to8"] = lambda: check_checkpoint("1to8")
     checks["grpo_online/jit_reward"] = lambda: check_online_grpo(False)

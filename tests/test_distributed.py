@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # started by the first test that needs one of its results.
 GROUPS = {
     "steps": ("one_step/",),
-    "loops": ("accumulation_and_chunks/", "fused_cartpole/", "two_models/", "summary"),
-    "restore": ("checkpoint/", "grpo_online/"),
+    "loops": ("accumulation_and_chunks/", "fused_cartpole/replicated", "two_models/", "summary"),
+    "restore": ("checkpoint/", "grpo_online/", "fused_cartpole/fsdp"),
 }
 
 
@@ -82,8 +82,9 @@ def test_accumulation_and_steps_per_execution_on_the_mesh(mesh_checks):
     _assert_check(mesh_checks, "accumulation_and_chunks/fsdp")
 
 
-def test_fused_cartpole_ppo_on_8_devices_equals_one_device(mesh_checks):
-    _assert_check(mesh_checks, "fused_cartpole/replicated")
+@pytest.mark.parametrize("mode", ["replicated", "fsdp"])
+def test_fused_cartpole_ppo_on_8_devices_equals_one_device(mesh_checks, mode):
+    _assert_check(mesh_checks, f"fused_cartpole/{mode}")
 
 
 @pytest.mark.parametrize("direction", ["8to1", "1to8"])

@@ -9,6 +9,7 @@ the two-process checkpoint must restore in a single process.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -22,6 +23,8 @@ import pytest
 from flax import nnx
 
 from artifex_rl import TrainerConfig
+from artifex_rl.checkpoint.io import load_model, read_checkpoint_metadata
+from artifex_rl.models import ActorCritic
 from tests._models import RegressionTrainer, TinyMLP, regression_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,15 +37,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_processes(out: Path, mode: str) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+def _run_two_processes(out: Path, mode: str) -> list[str]:
     port = str(_free_port())
+    return _run_both([[sys.executable, str(WORKER), str(i), port, str(out), mode] for i in range(2)])
+
+
+def _run_both(commands: list[list[str]], env_extra: dict[str, str] | None = None) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env_extra or {})}
     procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(i), port, str(out), mode],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for i in range(2)
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd in commands
     ]
     logs = []
     try:
@@ -54,6 +58,7 @@ def _run_two_processes(out: Path, mode: str) -> None:
                 p.kill()
     for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
         assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
+    return logs
 
 
 def _one_process_reference() -> RegressionTrainer:
@@ -86,3 +91,26 @@ def test_two_processes_equal_one_process_and_their_checkpoint_restores(tmp_path,
 
 def _initial_params():
     return RegressionTrainer(TinyMLP(4, 16, 1, rngs=nnx.Rngs(0)), optax.adam(1e-2), TrainerConfig()).train_state["params"]
+
+
+def test_the_cli_trains_an_env_recipe_on_two_processes_and_process_0_writes_the_run(tmp_path):
+    """``artifex-rl train ppo ... --coordinator --num-processes --process-id`` on two local processes."""
+    port = _free_port()
+    run_dir = tmp_path / "run"
+    commands = [
+        [sys.executable, "-m", "artifex_rl.cli", "train", "ppo", "--env", "CartPole-v1", "--total-timesteps", "512",
+         "--num-envs", "8", "--num-steps", "32", "--run-dir", str(run_dir), "--no-progress",
+         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+        for i in range(2)
+    ]
+    logs = _run_both(commands, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"})
+    assert "run directory:" in logs[0] and "run directory:" not in logs[1]
+    assert "mesh {'data': 4} over 4 cpu devices, 2 process(es)" in logs[0]
+    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints/index.json"):
+        assert (run_dir / name).is_file(), name
+    index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
+    path = run_dir / "checkpoints" / index["last"]
+    assert read_checkpoint_metadata(path)["global_step"] == 2  # 512 env steps / (8 envs x 32 steps)
+    hidden = tuple(json.loads((run_dir / "config.json").read_text())["run"]["settings"]["hidden"])
+    model = load_model(path, lambda: ActorCritic(4, 2, hidden, rngs=nnx.Rngs(1)))  # on one device
+    assert not np.allclose(model.critic_head.kernel[...], ActorCritic(4, 2, hidden, rngs=nnx.Rngs(1)).critic_head.kernel[...])
