@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -138,3 +139,29 @@ def test_initialize_without_a_coordinator_is_a_single_process_run(monkeypatch):
     monkeypatch.setenv("ARTIFEX_NUM_PROCESSES", "two")
     with pytest.raises(ValueError, match="ARTIFEX_NUM_PROCESSES must be an int, got 'two'"):
         initialize()
+
+
+def test_a_mesh_of_one_device_trains_like_no_mesh_and_bad_meshes_are_named():
+    import jax
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import Mesh
+
+    from tests._models import RegressionTrainer, TinyMLP, regression_batches
+
+    batches = regression_batches(3, 16)
+    plain = RegressionTrainer(TinyMLP(rngs=nnx.Rngs(0)), optax.adam(1e-2))
+    meshed = RegressionTrainer(TinyMLP(rngs=nnx.Rngs(0)), optax.adam(1e-2), mesh=make_mesh(data=1))
+    for batch in batches:
+        plain.train_step(batch)
+        meshed.train_step(batch)
+    for a, b in zip(jax.tree.leaves(plain.train_state["params"]), jax.tree.leaves(meshed.train_state["params"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert "mesh {'data': 1}" in meshed.sharding_summary(batches[0])
+    assert plain.sharding_summary().startswith("sharding: no mesh")
+
+    model = TinyMLP(rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        RegressionTrainer(model, optax.adam(1e-2), mesh="data")
+    with pytest.raises(ValueError, match=r"axis named 'data'; it has axes \('model',\)"):
+        RegressionTrainer(model, optax.adam(1e-2), mesh=Mesh(np.asarray(jax.devices()[:1]), ("model",)))

@@ -47,6 +47,10 @@ class MeshPlacement:
     """
 
     def __init__(self, mesh: Mesh, param_sharding: str = "replicated"):
+        if not isinstance(mesh, Mesh):
+            raise TypeError(
+                f"mesh must be a jax.sharding.Mesh (e.g. artifex_rl.distributed.make_mesh()), got {type(mesh).__name__}"
+            )
         self.mesh = mesh
         self.mode = param_sharding
         self.data = data_size(mesh)
