@@ -356,14 +356,14 @@ class Trainer:
         run = self._runner(k)
         placement = self.placement
         # On a mesh a host scalar, the same on every process (a device scalar is one process's).
-        n_active = (lambda n: jnp.int32(n)) if placement is None else np.int32
+        rounds = jnp.int32 if placement is None else np.int32
         if source is not None:
             source_state = source.source_state
             if placement is not None:
                 source_state = placement.place_source_state(source_state)
             self.train_state, source.source_state, metrics = run(
                 self.train_state, self.frozen_states, source_state, None,
-                static=(), n_active=n_active(size), batch_fn=source.device_batch_fn(self.slots[self.policy_model_name].graphdef),
+                static=(), n_active=rounds(size), batch_fn=source.device_batch_fn(self.slots[self.policy_model_name].graphdef),
             )
             source.advance(size)
         else:
@@ -386,7 +386,7 @@ class Trainer:
                 stacked = tuple(arrays if placement is None else [placement.place_batch(a) for a in arrays])
             self.train_state, _, metrics = run(
                 self.train_state, self.frozen_states, None, stacked,
-                static=static, n_active=n_active(size), batch_fn=None,
+                static=static, n_active=rounds(size), batch_fn=None,
             )
         if size < k:
             metrics = slice_rows(metrics, size)
