@@ -143,6 +143,16 @@ def check_one_step(name: str, mode: str) -> str:
     else:
         assert not split, f"replicated mode split a parameter: {specs(params)}"
     assert all(x.sharding.is_fully_replicated for x in m8.values()), "metrics are not replicated"
+    # The program is really partitioned: per-device gradients are summed across devices
+    # (all-reduce, or reduce-scatter into FSDP shards), FSDP gathers its parameters.
+    from artifex_rl.core.runner import split_batch
+
+    arrays, static = split_batch(batch)
+    hlo = sharded._compiled_fns()["step"].lower(
+        sharded.train_state, sharded.frozen_states, sharded.placement.place_batch(arrays), static
+    ).compile().as_text()
+    wanted = ("all-gather",) if mode == "fsdp" else ("all-reduce",)
+    assert all(op in hlo for op in wanted), f"no {wanted} in the compiled step"
     out = [same(single.train_state["params"], params, "params"), same(m1["loss"], m8["loss"], "loss")]
     return "; ".join(out)
 
