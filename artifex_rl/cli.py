@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "into RUN_DIR/base)")
     train.add_argument("--log-every", type=int, default=None,
                        help="log metrics every N trainer steps (environment, language-model and digits recipes)")
+    dist = train.add_argument_group(
+        "several processes (hosts): run the same command on each; see docs/distributed.md")
+    dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                      help="address of process 0 (or $ARTIFEX_COORDINATOR); the trainer then shards over every process's devices")
+    dist.add_argument("--num-processes", type=int, default=None, help="processes in the run (or $ARTIFEX_NUM_PROCESSES)")
+    dist.add_argument("--process-id", type=int, default=None, help="this process, 0..N-1 (or $ARTIFEX_PROCESS_ID)")
     sub.add_parser("list", help="list the recipes")
     parser.train_parser = train  # check_options reports errors with the train command's usage
     return parser
@@ -162,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, info in sorted(RECIPE_INFO.items()):
             print(f"{name:<{width}}  {info.description}")
         return 0
+    from artifex_rl.distributed.runtime import initialize, is_main_process
+
+    # Before anything starts JAX's backend (checking --env reads gymnax): no-op without a coordinator.
+    initialize(args.coordinator, args.num_processes, args.process_id)
     check_options(parser, args)
     args.argv = ["artifex-rl", *argv]
     args.env_overrides = {
@@ -172,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.run_dir is None:
         args.run_dir = f"runs/{args.recipe}"
     summary = load_recipe(args.recipe)(args)
+    if not is_main_process():
+        return 0
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"\nrun directory: {args.run_dir} (config.json, metrics.jsonl, summary.json, metrics.png, checkpoints/)")
     return 0

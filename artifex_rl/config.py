@@ -63,6 +63,12 @@ class TrainerConfig:
         the first non-finite metric; ``"skip"`` keeps training (the logged
         ``skipped_step`` is the fraction of skipped steps); ``"off"`` applies
         every update unchecked (no check at all, for benchmarks of the bare step).
+      param_sharding: with ``Trainer(..., mesh=...)``: ``"replicated"``
+        (default; data parallel) keeps a full copy of the parameters and
+        optimizer state on every device; ``"fsdp"`` splits each parameter and
+        its optimizer-state twins along its largest axis divisible by the
+        mesh's ``"data"`` size (FSDP/ZeRO-3 over one axis; replicated when no
+        axis divides). Ignored without a mesh. See ``docs/distributed.md``.
     """
 
     log_every_n_steps: int = 10
@@ -73,6 +79,7 @@ class TrainerConfig:
     steps_per_execution: int = 1
     scan_unroll: int | bool = 1
     nan_policy: str = "raise"
+    param_sharding: str = "replicated"
 
     def __post_init__(self) -> None:
         if self.log_every_n_steps < 1:
@@ -85,6 +92,8 @@ class TrainerConfig:
             raise ValueError(f"scan_unroll must be True, False or an int >= 1, got {self.scan_unroll!r}")
         if self.nan_policy not in ("raise", "skip", "off"):
             raise ValueError(f"nan_policy must be 'raise', 'skip' or 'off', got {self.nan_policy!r}")
+        if self.param_sharding not in ("replicated", "fsdp"):
+            raise ValueError(f"param_sharding must be 'replicated' or 'fsdp', got {self.param_sharding!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 

@@ -61,6 +61,11 @@ class Callback:
     #: selection) or read the model when they log.
     log_may_lag: bool = False
 
+    #: ``True`` for a callback that writes files or prints for the whole run (a
+    #: logger, a progress bar): in a multi-process run only process 0 keeps it.
+    #: Checkpointing is not one of them (every process takes part in an orbax save).
+    main_process_only: bool = False
+
     @property
     def state_key(self) -> str:
         """Key under which this callback's state is stored in a checkpoint."""
@@ -151,6 +156,12 @@ class CallbackList:
     """
 
     def __init__(self, callbacks: Iterable[Callback] = ()):
+        callbacks = list(callbacks)
+        if any(cb.main_process_only for cb in callbacks):
+            import jax
+
+            if jax.process_index() != 0:  # several processes: one writes the logs
+                callbacks = [cb for cb in callbacks if not cb.main_process_only]
         self.callbacks: list[Callback] = order_callbacks(callbacks)
         # Only hooks some callback actually overrides are called in the hot
         # loop; a step with no interested callback pays no Python call at all.

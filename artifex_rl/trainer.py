@@ -35,6 +35,7 @@ from artifex_rl.core import state as core_state
 from artifex_rl.core.runner import TraceCounter, make_runner, split_batch
 from artifex_rl.core.snapshot import PolicySnapshot
 from artifex_rl.core.update import Algorithm, StepConfig, UpdatePhase, make_step_fn
+from artifex_rl.distributed.placement import MeshPlacement
 from artifex_rl.events import Callback, CallbackList
 from artifex_rl.loop.fit_loop import FitLoop, TrainingInterrupted, slice_rows
 from artifex_rl.loop.metrics import MetricAggregator
@@ -60,6 +61,12 @@ class Trainer:
         ``optax.GradientTransformation``; ``{name: optimizer}`` with several models.
       config: a :class:`TrainerConfig` (or the subclass's config class).
       callbacks: callbacks used by every ``fit`` call (more can be passed to ``fit``).
+      mesh: a ``jax.sharding.Mesh`` with a ``"data"`` axis
+        (:func:`artifex_rl.distributed.make_mesh`): batches are split over it
+        along their leading axis, parameters and optimizer state are
+        replicated or, with ``config.param_sharding="fsdp"``, split; the
+        compiled step keeps those shardings and returns replicated metrics.
+        ``None`` (default): one device, as before. See ``docs/distributed.md``.
 
     Attributes:
       config: the config.
@@ -87,6 +94,7 @@ class Trainer:
         config: TrainerConfig | None = None,
         *,
         callbacks: Sequence[Callback] = (),
+        mesh: jax.sharding.Mesh | None = None,
     ):
         config = self.config_class() if config is None else config
         if not isinstance(config, self.config_class):
@@ -123,6 +131,11 @@ class Trainer:
         }
         self._views = core_state.ModelViews(models, self.slots, self.train_state)
         self.train_state["extra"] = self.init_extra_state()
+        self.placement: MeshPlacement | None = None
+        if mesh is not None:
+            self.placement = MeshPlacement(mesh, config.param_sharding)
+            self.train_state = self.placement.place_state(self.train_state)
+        self._summary_printed = False
         # Frozen models (a reference policy): passed to the step, never donated,
         # never differentiated, saved with every checkpoint.
         self._frozen_graphdefs: dict[str, nnx.GraphDef] = {}
@@ -223,6 +236,8 @@ class Trainer:
         graphdef, state = nnx.split(module)
         self._frozen_graphdefs[name] = graphdef
         self.frozen_states[name] = jax.tree.map(jnp.array, nnx.to_pure_dict(state))
+        if self.placement is not None:
+            self.frozen_states[name] = self.placement.place_frozen(self.frozen_states[name])
         self._compiled = None
 
     # ------------------------------------------------------------------ #
@@ -245,6 +260,7 @@ class Trainer:
     def _compiled_fns(self) -> dict[str, Any]:
         if self._compiled is None:
             cfg = self.config
+            placement = self.placement
             step = make_step_fn(
                 self._algorithm(),
                 self.slots,
@@ -252,9 +268,12 @@ class Trainer:
                 StepConfig(
                     cfg.grad_accum_steps, cfg.max_grad_norm, cfg.log_grad_norm, cfg.scan_unroll,
                     check_finite=cfg.nan_policy != "off",
+                    constrain_split=None if placement is None else placement.constrain_split,
                 ),
                 self._frozen_graphdefs,
             )
+            if placement is not None:
+                step = placement.wrap_step(step)
             self._compiled = {
                 "step_fn": step,
                 "step": jax.jit(self._traces.counted(step), donate_argnums=(0,), static_argnums=(3,)),
@@ -265,7 +284,10 @@ class Trainer:
         """The compiled K-round runner (one per K; ``fit`` uses ``steps_per_execution``)."""
         compiled = self._compiled_fns()
         if k not in compiled:
-            runner = make_runner(compiled["step_fn"], k, self.config.scan_unroll, self.policy_model_name)
+            runner = make_runner(
+                compiled["step_fn"], k, self.config.scan_unroll, self.policy_model_name,
+                None if self.placement is None else self.placement.constrain_batch,
+            )
             # The source state is not donated: a source's state_dict() hands out those arrays.
             compiled[k] = jax.jit(
                 self._traces.counted(runner), donate_argnums=(0,), static_argnames=("static", "batch_fn")
@@ -295,6 +317,8 @@ class Trainer:
         :meth:`Callback.on_train_batch_end`).
         """
         arrays, static = split_batch(batch)
+        if self.placement is not None:
+            arrays = self.placement.place_batch(arrays)
         self.train_state, metrics, self.last_outputs = self._compiled_fns()["step"](
             self.train_state, self.frozen_states, arrays, static
         )
@@ -330,10 +354,16 @@ class Trainer:
         """
         k = k or self.config.steps_per_execution
         run = self._runner(k)
+        placement = self.placement
+        # On a mesh a host scalar, the same on every process (a device scalar is one process's).
+        rounds = jnp.int32 if placement is None else np.int32
         if source is not None:
+            source_state = source.source_state
+            if placement is not None:
+                source_state = placement.place_source_state(source_state)
             self.train_state, source.source_state, metrics = run(
-                self.train_state, self.frozen_states, source.source_state, None,
-                static=(), n_active=jnp.int32(size), batch_fn=source.device_batch_fn(self.slots[self.policy_model_name].graphdef),
+                self.train_state, self.frozen_states, source_state, None,
+                static=(), n_active=rounds(size), batch_fn=source.device_batch_fn(self.slots[self.policy_model_name].graphdef),
             )
             source.advance(size)
         else:
@@ -350,11 +380,13 @@ class Trainer:
             arrays += [arrays[-1]] * (k - size)  # padding rounds are skipped inside the call
             if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(arrays)):
                 stacked: Any = jax.tree.map(lambda *leaves: np.stack(leaves), *arrays)
+                if placement is not None:
+                    stacked = placement.place_batch(stacked, leading=1)
             else:  # device batches: stacked inside the call (no dispatch per batch)
-                stacked = tuple(arrays)
+                stacked = tuple(arrays if placement is None else [placement.place_batch(a) for a in arrays])
             self.train_state, _, metrics = run(
                 self.train_state, self.frozen_states, None, stacked,
-                static=static, n_active=jnp.int32(size), batch_fn=None,
+                static=static, n_active=rounds(size), batch_fn=None,
             )
         if size < k:
             metrics = slice_rows(metrics, size)
@@ -363,7 +395,12 @@ class Trainer:
         return metrics
 
     def set_train_state(self, train_state: dict[str, Any]) -> None:
-        """Replace the train state (e.g. on restore); the model views refresh on next access."""
+        """Replace the train state (e.g. on restore); the model views refresh on next access.
+
+        On a mesh the state is moved onto the trainer's shardings (a restore
+        already reads it onto them)."""
+        if self.placement is not None:
+            train_state = self.placement.place_state(train_state)
         self.train_state = train_state
         self._views.mark_stale(train_state)
 
@@ -424,6 +461,10 @@ class Trainer:
                 self.load_checkpoint(path)
         self.should_stop = False
         self.max_steps, self.max_epochs = max_steps, max_epochs
+        if self.placement is not None and not self._summary_printed:
+            self._summary_printed = True
+            if jax.process_index() == 0:
+                print(self.sharding_summary(), flush=True)
         loop = FitLoop(self, dataloader, max_steps, max_epochs)
         self.fitting = True
         self.lag_logs = all(cb.log_may_lag for cb in self.callbacks)
@@ -443,6 +484,24 @@ class Trainer:
             self.fitting = False
             self._views.refresh()
         return self
+
+    def sharding_summary(self, batch: Batch | None = None) -> str:
+        """Where the parameters, optimizer state and (if given) ``batch`` live on the mesh.
+
+        ``fit`` prints it once on process 0; pass a batch to see its leading
+        axis split (each entry's per-device shape). Without a mesh: one line.
+        """
+        if self.placement is None:
+            return "sharding: no mesh (one device: " + str(jax.devices()[0]) + ")"
+        from artifex_rl.distributed.summary import sharding_summary
+
+        placed = None if batch is None else self.placement.place_batch(split_batch(batch)[0])
+        return sharding_summary(self.placement.mesh, self.placement.mode, self.train_state, placed)
+
+    @property
+    def mesh(self) -> jax.sharding.Mesh | None:
+        """The mesh the trainer shards over (``None``: one device)."""
+        return None if self.placement is None else self.placement.mesh
 
     def emit_log(self, *, force: bool = False, dispatch: bool = True) -> None:
         """Read the closed interval's means (if any) and dispatch ``on_log``.

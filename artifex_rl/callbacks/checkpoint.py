@@ -187,7 +187,7 @@ class ModelCheckpoint(Callback):
             )
         os.makedirs(self.dirpath, exist_ok=True)
         # Leftovers of a writer killed mid-save; never read, safe to drop.
-        for tmp in glob.glob(os.path.join(self.dirpath, "step_*.orbax-checkpoint-tmp*")):
+        for tmp in [] if _follower() else glob.glob(os.path.join(self.dirpath, "step_*.orbax-checkpoint-tmp*")):
             shutil.rmtree(tmp, ignore_errors=True)
         self._ensure_checkpointer()
 
@@ -307,7 +307,7 @@ class ModelCheckpoint(Callback):
 
         def on_commit() -> None:  # in the writer thread when async
             self._write_index(committed)
-            for path in doomed:
+            for path in [] if _follower() else doomed:
                 shutil.rmtree(path, ignore_errors=True)
 
         # The metadata saved with the checkpoint includes this callback's new state.
@@ -338,6 +338,8 @@ class ModelCheckpoint(Callback):
         }
 
     def _write_index(self, index: dict[str, Any]) -> None:
+        if _follower():
+            return
         os.makedirs(self.dirpath, exist_ok=True)
         path = os.path.join(self.dirpath, INDEX_FILE)
         tmp = f"{path}.tmp-{os.getpid()}"
@@ -352,3 +354,11 @@ class ModelCheckpoint(Callback):
                 return json.load(f)
         except FileNotFoundError:
             return None
+
+
+def _follower() -> bool:
+    """A process other than 0 of a multi-process run: it saves its shards (orbax) but leaves
+    the index and the deletion of superseded checkpoints to process 0."""
+    import jax
+
+    return jax.process_index() != 0

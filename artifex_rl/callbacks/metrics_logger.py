@@ -80,6 +80,7 @@ class MetricsLogger(Callback):
     """
 
     log_may_lag = True  # on_log only records (metrics, step)
+    main_process_only = True  # several processes: process 0 writes
 
     def __init__(
         self,

@@ -114,6 +114,7 @@ class TensorBoardLogger(Callback):
     """
 
     log_may_lag = True
+    main_process_only = True  # several processes: process 0 writes
 
     def __init__(self, log_dir: str, *, hparams: Mapping[str, Any] | None = None, flush_secs: int = 30):
         self.log_dir = str(log_dir)

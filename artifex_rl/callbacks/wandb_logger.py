@@ -103,6 +103,7 @@ class WandbLoggerCallback(Callback):
     """
 
     log_may_lag = True  # on_log only records (metrics, step)
+    main_process_only = True  # several processes: process 0 writes
 
     def __init__(self, config: WandbLoggerConfig):
         if not isinstance(config, WandbLoggerConfig):

@@ -373,7 +373,12 @@ class CheckpointWriter:
         self.wait_until_finished()
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"checkpoint directory {path!r} already exists (pass overwrite=True)")
-        args = _save_args(bundle, snapshot=self.async_save)
+        # A host copy needs every array on this process; arrays spanning several
+        # processes are written from the devices, so that save is synchronous.
+        snapshot = self.async_save and all(
+            getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves((bundle.state, bundle.loader_state))
+        )
+        args = _save_args(bundle, snapshot=snapshot)
 
         def write() -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -384,7 +389,7 @@ class CheckpointWriter:
         self._pending = _writer().submit(write)
         _in_flight.add(self._pending)
         self._pending.add_done_callback(_in_flight.discard)
-        if not self.async_save:
+        if not snapshot:
             self.wait_until_finished()
         return path
 

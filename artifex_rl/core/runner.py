@@ -87,8 +87,17 @@ class TraceCounter:
         return wrapper
 
 
-def make_runner(step: Callable, k: int, unroll: int | bool = 1, policy_name: str = SINGLE) -> Callable:
+def make_runner(
+    step: Callable,
+    k: int,
+    unroll: int | bool = 1,
+    policy_name: str = SINGLE,
+    constrain_batch: Callable[[Any], Any] | None = None,
+) -> Callable:
     """``run(state, frozen, source_state, batches, static, n_active, batch_fn)`` over K rounds.
+
+    ``constrain_batch`` (on a mesh) pins a batch made on the device by
+    ``batch_fn`` to the batch sharding.
 
     ``batches`` is a tuple of K batch dicts (device arrays, stacked inside the
     call) or one dict of ``(K, ...)`` host arrays, or ``None`` with a
@@ -109,6 +118,8 @@ def make_runner(step: Callable, k: int, unroll: int | bool = 1, policy_name: str
                     state["params"][policy_name], state["model_state"][policy_name], source_state
                 )
                 batch, round_static = split_batch(made)
+                if constrain_batch is not None:
+                    batch = constrain_batch(batch)
             state, metrics, _ = step(state, frozen, batch, round_static)
             return (state, source_state), metrics
 

@@ -87,6 +87,9 @@ class StepConfig:
     log_grad_norm: bool = False
     scan_unroll: int | bool = 1
     check_finite: bool = True
+    #: On a mesh: pins a batch split into ``(parts, n, ...)`` micro- or minibatches
+    #: so every part stays spread over the data axis (``MeshPlacement.constrain_split``).
+    constrain_split: Callable[[Any], Any] | None = None
 
 
 def leading_dims(tree: Any) -> dict[str, int | None]:
@@ -202,6 +205,8 @@ def make_step_fn(
             return loss, grads, model_state, metrics
 
         micro = split_leading(batch, k, "micro-batches (grad_accum_steps)")
+        if config.constrain_split is not None:
+            micro = config.constrain_split(micro)
 
         def totals(trained, mb, mkey, model_state):
             terms, metrics, new_state = terms_of(phase, trained, params, model_state, mb, mkey)
@@ -328,6 +333,8 @@ def make_step_fn(
             else:
                 shuffled = batch
             split = split_leading(shuffled, minibatches, "minibatches")
+            if config.constrain_split is not None:
+                split = config.constrain_split(split)
             return jax.lax.scan(
                 functools.partial(one_update, epoch_key=epoch_key),
                 carry,

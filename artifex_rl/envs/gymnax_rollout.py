@@ -435,7 +435,15 @@ class GymnaxRolloutSource:
             ("reset", *self._settings[:3]), lambda: jax.jit(lambda k: init_carry(env, env_params, n, k))
         )
         self._carry = reset(reset_key)
+        # On a trainer's mesh the environments are split over its data axis
+        # (each device steps its own); the compiled rollout keeps that split.
+        self._placement = getattr(self.policy_owner, "placement", None)
+        self._place_state()
         self.iterations = 0
+
+    def _place_state(self) -> None:
+        if self._placement is not None:
+            self.source_state = self._placement.place_source_state(self.source_state)
 
     # -- validation --------------------------------------------------------------------
 
@@ -620,6 +628,7 @@ class GymnaxRolloutSource:
         if key.shape != self._key.shape:
             raise ValueError(f"rollout key has shape {key.shape}; expected {self._key.shape}")
         self._key = key
+        self._place_state()
         self.iterations = int(state["iterations"])
 
 

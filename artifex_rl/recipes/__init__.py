@@ -18,7 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 #: Options every recipe reads (the run directory, the seed, the loggers).
-COMMON_OPTIONS = frozenset({"run_dir", "seed", "wandb_mode", "wandb_project", "no_progress", "tensorboard"})
+COMMON_OPTIONS = frozenset({
+    "run_dir", "seed", "wandb_mode", "wandb_project", "no_progress", "tensorboard",
+    "coordinator", "num_processes", "process_id",  # several processes (artifex_rl.distributed)
+})
 
 #: Options of PPO and REINFORCE on an environment (the keys are the settings they set).
 ENV_OPTIONS = frozenset({

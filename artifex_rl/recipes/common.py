@@ -21,6 +21,8 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 from artifex_rl.callbacks import (
     CheckpointConfig,
     MetricsLogger,
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 
 def _write_json(path: str, payload: Mapping[str, Any]) -> str:
+    if jax.process_index() != 0:  # several processes: process 0 writes the run directory
+        return path
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(json_compatible(dict(payload)), f, indent=2, sort_keys=True)
@@ -74,6 +78,7 @@ class RunConfigWriter(Callback):
     """Adds the trainer's class and resolved config to ``config.json`` when training starts."""
 
     log_may_lag = True  # never reads metrics
+    main_process_only = True  # several processes: process 0 writes
 
     def __init__(self, args: Namespace, run_config: Mapping[str, Any]):
         self.args = args
@@ -126,6 +131,15 @@ def standard_callbacks(
         )
     )
     return callbacks
+
+
+def recipe_mesh() -> jax.sharding.Mesh | None:
+    """A data mesh over every process's devices in a multi-process run (else ``None``: one device)."""
+    if jax.process_count() == 1:
+        return None
+    from artifex_rl.distributed import make_mesh
+
+    return make_mesh()
 
 
 def write_summary(run_dir: str, summary: Mapping[str, Any]) -> str:

@@ -33,7 +33,7 @@ from artifex_rl.callbacks.throughput import Throughput
 from artifex_rl.envs import GymnaxRolloutSource, action_spec, make_env
 from artifex_rl.events import Callback
 from artifex_rl.models import ActorCritic, MLPPolicy
-from artifex_rl.recipes.common import standard_callbacks, write_summary
+from artifex_rl.recipes.common import recipe_mesh, standard_callbacks, write_summary
 from artifex_rl.recipes.env_defaults import defaults_for
 from artifex_rl.rl import PPOConfig, PPOTrainer, REINFORCEConfig, REINFORCETrainer
 from artifex_rl.trainer import Trainer
@@ -162,7 +162,7 @@ def build_ppo(settings: EnvRunSettings, config: PPOConfig, seed: int) -> tuple[P
     model = ActorCritic(obs, action_dim, settings.hidden, continuous=continuous,
                         activation=settings.activation, rngs=nnx.Rngs(seed))
     tx = _optimizer(settings, config.update_epochs * config.num_minibatches)
-    trainer = PPOTrainer(model, tx, config)
+    trainer = PPOTrainer(model, tx, config, mesh=recipe_mesh())
     return trainer, _rollout_source(settings, trainer, config.policy, seed)
 
 
@@ -173,7 +173,7 @@ def build_reinforce(
     obs, action_dim = _dims(settings.env_name, config.policy)
     model = MLPPolicy(obs, action_dim, settings.hidden, continuous=config.policy == "gaussian",
                       activation=settings.activation, rngs=nnx.Rngs(seed))
-    trainer = REINFORCETrainer(model, _optimizer(settings, 1), config)
+    trainer = REINFORCETrainer(model, _optimizer(settings, 1), config, mesh=recipe_mesh())
     return trainer, _rollout_source(settings, trainer, config.policy, seed)
 
 

@@ -31,7 +31,7 @@ class RLTrainer(Trainer):
     """A :class:`Trainer` whose model is a policy read through a :class:`PolicyHead`.
 
     Args:
-      model, optimizer, config, callbacks: as for :class:`Trainer`.
+      model, optimizer, config, callbacks, mesh: as for :class:`Trainer`.
       policy: overrides ``config.policy``: a head name or a custom
         :class:`~artifex_rl.rl.policies.PolicyHead`.
     """
@@ -50,8 +50,9 @@ class RLTrainer(Trainer):
         *,
         policy: str | PolicyHead | None = None,
         callbacks: Sequence[Callback] = (),
+        mesh: jax.sharding.Mesh | None = None,
     ):
-        super().__init__(model, optimizer, config, callbacks=callbacks)
+        super().__init__(model, optimizer, config, callbacks=callbacks, mesh=mesh)
         chosen = policy if policy is not None else self.config.policy
         self.auto_policy = chosen == "auto"
         self.policy: PolicyHead | None = None if self.auto_policy else get_policy_head(chosen)

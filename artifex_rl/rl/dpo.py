@@ -80,8 +80,9 @@ class DPOTrainer(RLTrainer):
         reference_model: nnx.Module | str | None = "copy",
         policy: str | PolicyHead | None = None,
         callbacks: Sequence[Callback] = (),
+        mesh: jax.sharding.Mesh | None = None,
     ):
-        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks)
+        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks, mesh=mesh)
         if not self.config.reference_free:
             if reference_model == "copy":
                 self.set_reference_model(None)

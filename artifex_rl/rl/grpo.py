@@ -146,8 +146,9 @@ class GRPOTrainer(RLTrainer):
         sample_fn: SampleFn | None = None,
         policy: str | PolicyHead | None = None,
         callbacks: Sequence[Callback] = (),
+        mesh: jax.sharding.Mesh | None = None,
     ):
-        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks)
+        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks, mesh=mesh)
         _check_sampling_settings(self.config)
         if reference_model == "copy":
             if self.config.beta > 0:

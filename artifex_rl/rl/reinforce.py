@@ -66,9 +66,10 @@ class REINFORCETrainer(RLTrainer):
         policy: Any = None,
         reward_fn: Callable[..., jax.Array] | None = None,
         callbacks: Sequence[Callback] = (),
+        mesh: jax.sharding.Mesh | None = None,
     ):
         """As :class:`RLTrainer`; ``reward_fn`` rewards the samples of a chain policy rolled out online."""
-        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks)
+        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks, mesh=mesh)
         self.reward_fn = reward_fn
 
     def index_keys(self, batch):
