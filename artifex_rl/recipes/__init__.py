@@ -111,6 +111,11 @@ RECIPE_INFO: dict[str, RecipeInfo] = {
         "artifex_rl.recipes.digits.rl:run_grpo_flow",
         "GRPO on a digit flow model's SDE chain: draw --target-digit (Flow-GRPO; --conditional)", CHAIN_RL_OPTIONS,
     ),
+    "digits-ppo-diffusion": RecipeInfo(
+        "artifex_rl.recipes.digits.rl:run_ppo_diffusion",
+        "PPO on a digit diffusion model's DDIM chain (DDPO's importance-sampling variant, no critic)",
+        CHAIN_RL_OPTIONS,
+    ),
     "digits-reinforce-diffusion": RecipeInfo(
         "artifex_rl.recipes.digits.rl:run_reinforce_diffusion",
         "REINFORCE on a digit diffusion model's DDIM chain (DDPO's score-function estimator)", CHAIN_RL_OPTIONS,

@@ -1,4 +1,4 @@
-"""Recipes ``digits-grpo-diffusion``, ``digits-grpo-flow``, ``digits-reinforce-diffusion``: RL on a digit sampler's chain.
+"""Recipes ``digits-{grpo,ppo,reinforce}-diffusion`` and ``digits-grpo-flow``: RL on a digit sampler's chain.
 
 The seeds' first integration example made real (DDPO, Black et al. 2023;
 Flow-GRPO, Liu et al. 2025): a digit diffusion (or flow) model, trained by
@@ -16,7 +16,10 @@ reward:
 ``digits-reinforce-diffusion`` trains the same chains with
 :class:`~artifex_rl.REINFORCETrainer` (one chain per prompt, as many chains
 per step as GRPO, the batch-normalised reward as the advantage: DDPO's
-per-prompt statistics, with one prompt).
+per-prompt statistics, with one prompt); ``digits-ppo-diffusion`` with
+:class:`~artifex_rl.PPOTrainer` (DDPO's importance-sampling variant: the same
+advantages per condition, 2 epochs x 2 minibatches of clipped updates, no
+value network).
 
 Before the first update and after the last, 500 samples from the training
 sampler (DDIM with ``eta = 1``, or the flow SDE) are scored by the reward
@@ -60,8 +63,9 @@ from artifex_rl.recipes.digits.common import (
     write_samples,
 )
 from artifex_rl.recipes.digits.diffusion import DIFFUSION, FLOW, load_denoiser_run, run_denoiser_recipe
-from artifex_rl.rl.configs import GRPOConfig, REINFORCEConfig
+from artifex_rl.rl.configs import GRPOConfig, PPOConfig, REINFORCEConfig
 from artifex_rl.rl.grpo import GRPOTrainer
+from artifex_rl.rl.ppo import PPOTrainer
 from artifex_rl.rl.reinforce import REINFORCETrainer
 
 #: The reward network: another seed and width than the evaluation classifier (seed 0, width 16).
@@ -202,15 +206,20 @@ def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLS
     policy = _policy(kind, base, settings)
     optimizer = optax.adam(settings.learning_rate)
     if algorithm == "grpo":
-        config: GRPOConfig | REINFORCEConfig = GRPOConfig(
+        config: GRPOConfig | PPOConfig | REINFORCEConfig = GRPOConfig(
             num_generations=settings.group_size, beta=settings.beta, entropy_coeff=0.0,
             advantage_clip=settings.advantage_clip, max_grad_norm=settings.max_grad_norm, seed=args.seed,
             log_every_n_steps=log_every,
         )
-        trainer: GRPOTrainer | REINFORCETrainer = GRPOTrainer(
+        trainer: GRPOTrainer | PPOTrainer | REINFORCETrainer = GRPOTrainer(
             model, optimizer, config, policy=policy, reward_fn=reward_fn
         )
         prompts_per_step = settings.num_prompts
+    elif algorithm == "ppo":  # DDPO_IS: per-condition reward statistics, 2 epochs x 2 minibatches, no critic
+        config = PPOConfig(entropy_coeff=0.0, update_epochs=2, num_minibatches=2, max_grad_norm=settings.max_grad_norm,
+                           seed=args.seed, log_every_n_steps=log_every)
+        trainer = PPOTrainer(model, optimizer, config, policy=policy, reward_fn=reward_fn)
+        prompts_per_step = settings.num_prompts * settings.group_size
     else:  # one chain per prompt, the same number of reward evaluations per step as GRPO
         config = REINFORCEConfig(entropy_coeff=0.0, max_grad_norm=settings.max_grad_norm, seed=args.seed,
                                  log_every_n_steps=log_every)
@@ -274,6 +283,12 @@ def run_grpo_diffusion(args: Namespace) -> dict[str, Any]:
 def run_grpo_flow(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train digits-grpo-flow``: GRPO on the flow SDE's chains (Flow-GRPO)."""
     return _run(args, "flow")
+
+
+def run_ppo_diffusion(args: Namespace) -> dict[str, Any]:
+    """``artifex-rl train digits-ppo-diffusion``: PPO (DDPO's importance-sampling variant) on the same
+    chains: per-condition reward statistics as advantages, no value network."""
+    return _run(args, "diffusion", "ppo")
 
 
 def run_reinforce_diffusion(args: Namespace) -> dict[str, Any]:
