@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -33,7 +33,10 @@ class RLTrainer(Trainer):
     Args:
       model, optimizer, config, callbacks, mesh: as for :class:`Trainer`.
       policy: overrides ``config.policy``: a head name or a custom
-        :class:`~artifex_rl.rl.policies.PolicyHead`.
+        :class:`~artifex_rl.rl.policies.PolicyHead` (or a
+        :class:`~artifex_rl.distributions.chain.TrajectoryPolicy`: a sampler's chain).
+      reward_fn: rewards samples generated online (a chain policy's images;
+        GRPO's completions).
     """
 
     #: Rollout sources report episode totals; the logged means are their ratios.
@@ -49,10 +52,13 @@ class RLTrainer(Trainer):
         config: TrainerConfig | None = None,
         *,
         policy: str | PolicyHead | None = None,
+        reward_fn: Callable[..., jax.Array] | None = None,
         callbacks: Sequence[Callback] = (),
         mesh: jax.sharding.Mesh | None = None,
     ):
         super().__init__(model, optimizer, config, callbacks=callbacks, mesh=mesh)
+        #: Rewards samples generated online (GRPO's completions, a chain policy's images).
+        self.reward_fn = reward_fn
         chosen = policy if policy is not None else self.config.policy
         self.auto_policy = chosen == "auto"
         self.policy: PolicyHead | None = None if self.auto_policy else get_policy_head(chosen)

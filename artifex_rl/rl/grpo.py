@@ -148,14 +148,13 @@ class GRPOTrainer(RLTrainer):
         callbacks: Sequence[Callback] = (),
         mesh: jax.sharding.Mesh | None = None,
     ):
-        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks, mesh=mesh)
+        super().__init__(model, optimizer, config, policy=policy, reward_fn=reward_fn, callbacks=callbacks, mesh=mesh)
         _check_sampling_settings(self.config)
         if reference_model == "copy":
             if self.config.beta > 0:
                 self.set_reference_model(None)
         elif reference_model is not None:
             self.set_reference_model(reference_model)
-        self.reward_fn = reward_fn
         self.sample_fn: SampleFn = sample_fn if sample_fn is not None else _default_sampler(self.config)
         #: Whether ``reward_fn`` runs on the host (``None``: not decided yet;
         #: decided on the first online step by tracing the reward alone).

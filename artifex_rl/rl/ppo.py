@@ -42,7 +42,6 @@ updates run the clipped surrogate over each chain's trained steps (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -50,7 +49,6 @@ import jax.numpy as jnp
 
 from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
 from artifex_rl.core.loss_terms import LossTerm
-from artifex_rl.events import Callback
 from artifex_rl.rl.base import RLTrainer
 from artifex_rl.rl.configs import PPOConfig
 from artifex_rl.rl.losses import (
@@ -64,6 +62,7 @@ from artifex_rl.rl.losses import (
 from artifex_rl.rl.reinforce import _zero_padding
 from artifex_rl.rl.trajectories import (
     is_trajectory_policy,
+    online_group_size,
     per_condition_advantages,
     prepare_trajectory_batch,
     trajectory_scores,
@@ -106,21 +105,6 @@ class PPOTrainer(RLTrainer):
     config: PPOConfig
     expects_value_output = True
 
-    def __init__(
-        self,
-        model,
-        optimizer,
-        config: PPOConfig | None = None,
-        *,
-        policy: Any = None,
-        reward_fn: Callable[..., jax.Array] | None = None,
-        callbacks: Sequence[Callback] = (),
-        mesh: jax.sharding.Mesh | None = None,
-    ):
-        """As :class:`RLTrainer`; ``reward_fn`` rewards the samples of a chain policy rolled out online."""
-        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks, mesh=mesh)
-        self.reward_fn = reward_fn
-
     def index_keys(self, batch):
         if is_trajectory_policy(self.policy):
             return []
@@ -138,11 +122,7 @@ class PPOTrainer(RLTrainer):
         batch = canonical(batch)
         who = type(self).__name__
         if is_trajectory_policy(self.policy):
-            if "rewards" not in batch and self.reward_fn is None:
-                raise ValueError(f"{who}: a chain policy trained online needs reward_fn=... (the batch has no 'rewards')")
-            group_size = batch.get("group_size", 1)
-            if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-                raise TypeError(f"{who}: batch['group_size'] must be a Python int >= 1, got {group_size!r}")
+            group_size = online_group_size(batch, self.reward_fn, who)
             prompts = jnp.asarray(batch["observations"])
             conditions = jnp.repeat(prompts, group_size, axis=0) if "rewards" not in batch else prompts
             return prepare_trajectory_batch(

@@ -28,7 +28,6 @@ Batch layouts (``observations`` may also be called ``states``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -37,11 +36,15 @@ import jax.numpy as jnp
 from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
 from artifex_rl.core.loss_terms import LossTerm
 from artifex_rl.distributions import score_sequences
-from artifex_rl.events import Callback
 from artifex_rl.rl.base import RLTrainer
 from artifex_rl.rl.configs import REINFORCEConfig
 from artifex_rl.rl.losses import compute_discounted_returns, masked_mean, masked_sum, normalize_advantages
-from artifex_rl.rl.trajectories import is_trajectory_policy, prepare_trajectory_batch, trajectory_scores
+from artifex_rl.rl.trajectories import (
+    is_trajectory_policy,
+    online_group_size,
+    prepare_trajectory_batch,
+    trajectory_scores,
+)
 
 
 class REINFORCETrainer(RLTrainer):
@@ -56,21 +59,6 @@ class REINFORCETrainer(RLTrainer):
 
     config_class = REINFORCEConfig
     config: REINFORCEConfig
-
-    def __init__(
-        self,
-        model,
-        optimizer,
-        config: REINFORCEConfig | None = None,
-        *,
-        policy: Any = None,
-        reward_fn: Callable[..., jax.Array] | None = None,
-        callbacks: Sequence[Callback] = (),
-        mesh: jax.sharding.Mesh | None = None,
-    ):
-        """As :class:`RLTrainer`; ``reward_fn`` rewards the samples of a chain policy rolled out online."""
-        super().__init__(model, optimizer, config, policy=policy, callbacks=callbacks, mesh=mesh)
-        self.reward_fn = reward_fn
 
     def index_keys(self, batch):
         if is_trajectory_policy(self.policy):
@@ -166,11 +154,7 @@ class REINFORCETrainer(RLTrainer):
         return prepared
 
     def _prepare_trajectories(self, model, batch, rng, who) -> dict[str, Any]:
-        if "rewards" not in batch and self.reward_fn is None:
-            raise ValueError(f"{who}: a chain policy trained online needs reward_fn=... (the batch has no 'rewards')")
-        group_size = batch.get("group_size", 1)
-        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-            raise TypeError(f"{who}: batch['group_size'] must be a Python int >= 1, got {group_size!r}")
+        group_size = online_group_size(batch, self.reward_fn, who)
 
         def advantages(rewards):
             finite = jnp.isfinite(rewards)

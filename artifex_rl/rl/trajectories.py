@@ -62,6 +62,16 @@ def _score_samples(reward_fn: Any, samples: Array, conditions: Any, who: str) ->
     return jnp.asarray(rewards, jnp.float32)
 
 
+def online_group_size(batch: dict[str, Any], reward_fn: Any, who: str) -> int:
+    """``batch['group_size']`` (default 1), checked; a batch to roll out online needs ``reward_fn``."""
+    if "rewards" not in batch and reward_fn is None:
+        raise ValueError(f"{who}: a chain policy trained online needs reward_fn=... (the batch has no 'rewards')")
+    group_size = batch.get("group_size", 1)
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise TypeError(f"{who}: batch['group_size'] must be a Python int >= 1, got {group_size!r}")
+    return group_size
+
+
 def prepare_trajectory_batch(
     policy: TrajectoryPolicy,
     model: Any,
@@ -177,4 +187,4 @@ def trajectory_scores(policy: TrajectoryPolicy, model: Any, batch: dict[str, Any
     return scores.log_probs, old, policy.entropy(scores), kl
 
 
-__all__ = ["is_trajectory_policy", "per_condition_advantages", "prepare_trajectory_batch", "trajectory_scores"]
+__all__ = ["is_trajectory_policy", "online_group_size", "per_condition_advantages", "prepare_trajectory_batch", "trajectory_scores"]
