@@ -48,6 +48,13 @@ policy that generated the data (the first ratio is exactly 1). ``top_k``
 truncation is rejected: the update would optimise a distribution the
 sampler never draws from.
 
+**A sampler's chain** (``policy=`` a
+:class:`~artifex_rl.distributions.chain.TrajectoryPolicy`, e.g.
+:class:`~artifex_rl.generative.DenoisingChainPolicy`): prompts are conditions,
+completions are denoising chains and "tokens" their steps; the step log-probs
+and the closed-form KL come from the policy (DDPO, Flow-GRPO; see
+:mod:`artifex_rl.rl.trajectories`).
+
 The KL penalty uses ``ref_log_probs`` from the batch, else the frozen
 reference model (by default a copy of the policy at construction when
 ``beta > 0``).
@@ -415,6 +422,7 @@ class GRPOTrainer(RLTrainer):
             log_probs, entropy = self._score_tokens(
                 model, batch["observations"], batch["actions"], batch.get("prompt_mask")
             )
+            old = batch["old_log_probs"].reshape(log_probs.shape)
         else:
             output = model(batch["observations"])
             self.check_output_fits(head, output)
@@ -423,7 +431,6 @@ class GRPOTrainer(RLTrainer):
             log_probs = head.log_prob(output, batch["actions"])[:, None]
             entropy = head.entropy(output)[:, None]
             mask = mask[:, None]
-        if not is_trajectory_policy(head):
             old = batch["old_log_probs"].reshape(log_probs.shape)
         surrogate = clipped_surrogate_per_element(
             log_probs, old, batch["advantages"], cfg.clip_param, cfg.epsilon_high
