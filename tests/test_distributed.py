@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # started by the first test that needs one of its results.
 GROUPS = {
     "steps": ("one_step/",),
-    "loops": ("accumulation_and_chunks/", "fused_cartpole/replicated", "two_models/", "summary"),
+    "loops": ("accumulation_and_chunks/", "fused_cartpole/replicated", "two_models/", "summary", "diffusion/"),
     "restore": ("checkpoint/", "grpo_online/", "fused_cartpole/fsdp"),
 }
 
@@ -101,6 +101,11 @@ def test_online_grpo_on_8_devices_equals_one_device(mesh_checks, reward):
 
 def test_two_models_phases_and_ema_on_the_mesh(mesh_checks):
     _assert_check(mesh_checks, "two_models/fsdp")
+
+
+@pytest.mark.parametrize("mode", ["replicated", "fsdp"])
+def test_a_generative_trainer_on_8_devices_equals_one_device(mesh_checks, mode):
+    _assert_check(mesh_checks, f"diffusion/{mode}")
 
 
 def test_sharding_summary_shows_the_split_batch(mesh_checks):
