@@ -22,6 +22,10 @@ Inside, in order:
    count-normalised losses are exact under accumulation; global-norm clipping;
    each trained model's own ``tx.update``.
 5. ``after_update(extra, params, model_state)``: e.g. the parameters' EMA.
+
+(Long because the five stages, the NaN policy around them and the mesh's
+sharding constraints share one closure; splitting them would pass a dozen
+closed-over values between modules.)
 """
 
 from __future__ import annotations
