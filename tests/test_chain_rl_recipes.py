@@ -30,7 +30,8 @@ def shrunk(tmp_path_factory):
     patch.setattr(digits_common, "train_digit_classifier", _quick_classifier)
     patch.setattr(chain_rl, "NUM_SAMPLES", SAMPLES)
     patch.setattr(chain_rl, "train_digit_classifier", _quick_classifier)
-    patch.setattr(chain_rl, "SETTINGS", chain_rl.ChainRLSettings(num_prompts=2, group_size=2, chain_steps=3))
+    patch.setattr(chain_rl, "SETTINGS",
+                  chain_rl.ChainRLSettings(num_prompts=2, group_size=2, chain_steps=3, dpo_pairs=8))
     patch.setattr("artifex_rl.recipes.digits.diffusion.NUM_SAMPLES", SAMPLES)
     root = tmp_path_factory.mktemp("chain_rl")
     base = str(root / "base")
@@ -42,9 +43,9 @@ def shrunk(tmp_path_factory):
     patch.undo()
 
 
-# digits-reinforce-diffusion differs only in the trainer it builds (REINFORCE on the chain is tested
-# in test_chain_rl.py); one recipe run keeps the suite's time down.
-@pytest.mark.parametrize("recipe", ["digits-grpo-diffusion"])
+# digits-reinforce-diffusion and digits-ppo-diffusion differ from GRPO only in the trainer they build
+# (tested on the chain in test_chain_rl.py); Diffusion-DPO also builds its preference pairs.
+@pytest.mark.parametrize("recipe", ["digits-grpo-diffusion", "digits-dpo-diffusion"])
 def test_the_chain_rl_recipe_writes_its_run_directory(shrunk, recipe):
     root, base = shrunk
     run_dir = str(root / recipe)
@@ -57,7 +58,8 @@ def test_the_chain_rl_recipe_writes_its_run_directory(shrunk, recipe):
         assert np.isfinite(summary[key]), key
     assert 0.0 <= summary["final_mean_reward"] <= 1.0
     assert summary["target_digit"] == 7 and summary["steps"] == 2
-    assert summary["reward_evaluations"] == 2 * 2 * 2
+    # GRPO: 2 steps x 2 prompts x 2 chains; DPO: 8 pairs, each the best and worst of 2 samples.
+    assert summary["reward_evaluations"] == (8 * 2 if recipe == "digits-dpo-diffusion" else 2 * 2 * 2)
     for name in ("samples_before", "samples_after"):
         saved = np.load(os.path.join(run_dir, f"{name}.npz"))
         assert saved["images"].shape == (SAMPLES, 8, 8, 1) and (saved["labels"] == -1).all()

@@ -116,6 +116,11 @@ RECIPE_INFO: dict[str, RecipeInfo] = {
         "PPO on a digit diffusion model's DDIM chain (DDPO's importance-sampling variant, no critic)",
         CHAIN_RL_OPTIONS,
     ),
+    "digits-dpo-diffusion": RecipeInfo(
+        "artifex_rl.recipes.digits.rl:run_dpo_diffusion",
+        "Diffusion-DPO on a digit diffusion model: pairs ranked by P(--target-digit) from its own samples",
+        CHAIN_RL_OPTIONS,
+    ),
     "digits-reinforce-diffusion": RecipeInfo(
         "artifex_rl.recipes.digits.rl:run_reinforce_diffusion",
         "REINFORCE on a digit diffusion model's DDIM chain (DDPO's score-function estimator)", CHAIN_RL_OPTIONS,

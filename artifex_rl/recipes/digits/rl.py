@@ -49,6 +49,7 @@ from flax import nnx
 
 from artifex_rl.data import ArrayDataLoader, load_digits_split
 from artifex_rl.generative.chain_policy import DenoisingChainPolicy
+from artifex_rl.generative.diffusion_dpo import DenoisingLikelihood
 from artifex_rl.generative.image_rewards import DigitClassifierReward
 from artifex_rl.metrics import train_digit_classifier
 from artifex_rl.metrics.classifier import classifier_features, predict_logits
@@ -63,7 +64,8 @@ from artifex_rl.recipes.digits.common import (
     write_samples,
 )
 from artifex_rl.recipes.digits.diffusion import DIFFUSION, FLOW, load_denoiser_run, run_denoiser_recipe
-from artifex_rl.rl.configs import GRPOConfig, PPOConfig, REINFORCEConfig
+from artifex_rl.rl.configs import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
+from artifex_rl.rl.dpo import DPOTrainer
 from artifex_rl.rl.grpo import GRPOTrainer
 from artifex_rl.rl.ppo import PPOTrainer
 from artifex_rl.rl.reinforce import REINFORCETrainer
@@ -88,6 +90,9 @@ class ChainRLSettings:
     max_grad_norm: float = 1.0
     train_fraction: float = 1.0
     log_every: int = 10
+    #: Diffusion-DPO: pairs drawn once from the base model, and beta for per-pixel-mean errors.
+    dpo_pairs: int = 512
+    dpo_beta: float = 2000.0
 
 
 SETTINGS = ChainRLSettings()
@@ -206,12 +211,12 @@ def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLS
     policy = _policy(kind, base, settings)
     optimizer = optax.adam(settings.learning_rate)
     if algorithm == "grpo":
-        config: GRPOConfig | PPOConfig | REINFORCEConfig = GRPOConfig(
+        config: GRPOConfig | PPOConfig | REINFORCEConfig | DPOConfig = GRPOConfig(
             num_generations=settings.group_size, beta=settings.beta, entropy_coeff=0.0,
             advantage_clip=settings.advantage_clip, max_grad_norm=settings.max_grad_norm, seed=args.seed,
             log_every_n_steps=log_every,
         )
-        trainer: GRPOTrainer | PPOTrainer | REINFORCETrainer = GRPOTrainer(
+        trainer: GRPOTrainer | PPOTrainer | REINFORCETrainer | DPOTrainer = GRPOTrainer(
             model, optimizer, config, policy=policy, reward_fn=reward_fn
         )
         prompts_per_step = settings.num_prompts
@@ -220,6 +225,12 @@ def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLS
         config = PPOConfig(entropy_coeff=0.0, update_epochs=2, num_minibatches=2, max_grad_norm=settings.max_grad_norm,
                            seed=args.seed, log_every_n_steps=log_every, scan_unroll=True)
         trainer = PPOTrainer(model, optimizer, config, policy=policy, reward_fn=reward_fn)
+        prompts_per_step = settings.num_prompts * settings.group_size
+    elif algorithm == "dpo":  # Diffusion-DPO on pairs ranked by the reward, drawn once from the base model
+        config = DPOConfig(beta=settings.dpo_beta, max_grad_norm=settings.max_grad_norm, seed=args.seed,
+                           log_every_n_steps=log_every)
+        likelihood = DenoisingLikelihood(base.schedule, prediction=base.config.prediction)
+        trainer = DPOTrainer(model, optimizer, config, policy=likelihood)
         prompts_per_step = settings.num_prompts * settings.group_size
     else:  # one chain per prompt, the same number of reward evaluations per step as GRPO
         config = REINFORCEConfig(entropy_coeff=0.0, max_grad_norm=settings.max_grad_norm, seed=args.seed,
@@ -234,7 +245,10 @@ def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLS
                   title=f"before {algorithm.upper()}")
 
     prompts = (np.arange(1000, dtype=np.int32) % 10) if conditional else np.zeros(1000, np.int32)
-    loader = ArrayDataLoader({"observations": prompts}, prompts_per_step, seed=args.seed)
+    data = {"observations": prompts}
+    if algorithm == "dpo":
+        data = _preference_pairs(policy, trainer.model, reward_fn, settings, conditional, args.seed)
+    loader = ArrayDataLoader(data, prompts_per_step, seed=args.seed)
     run_config = {"recipe": args.recipe, "kind": kind, "algorithm": algorithm, "conditional": conditional, "target_digit": target,
                   "base_run": getattr(args, "base_run", None) or os.path.join(args.run_dir, "base"),
                   **dataclasses.asdict(settings), "steps": steps, **trainer.config.to_dict()}
@@ -256,7 +270,9 @@ def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLS
                                jnp.asarray(eval_conditions), jax.random.key(args.seed + 2000)))
     summary: dict[str, Any] = {
         "recipe": args.recipe, "kind": kind, "algorithm": algorithm, "conditional": conditional, "target_digit": None if conditional else target,
-        "steps": trainer.global_step, "reward_evaluations": trainer.global_step * settings.num_prompts * settings.group_size,
+        "steps": trainer.global_step,
+        "reward_evaluations": (settings.dpo_pairs * settings.group_size if algorithm == "dpo"
+                               else trainer.global_step * settings.num_prompts * settings.group_size),
         "initial_mean_reward": before["mean_reward"], "final_mean_reward": after["mean_reward"],
         "final_kl": final_kl, "wall_seconds": time.perf_counter() - start, "train_seconds": train_seconds,
         "reward_classifier": {k: reward_info[k] for k in ("seed", "width", "heldout_accuracy")},
@@ -269,6 +285,20 @@ def _run(args: Namespace, kind: str, algorithm: str = "grpo", settings: ChainRLS
                 summary[f"{name}_{key}"] = value
     write_summary(args.run_dir, summary)
     return summary
+
+
+def _preference_pairs(policy, model, reward_fn, settings: ChainRLSettings, conditional: bool, seed: int):
+    """``dpo_pairs`` pairs (best vs worst of ``group_size`` samples of one condition, by the reward) drawn
+    from the base model's training sampler before any update (Wallace et al.'s offline pairs)."""
+    groups = settings.dpo_pairs
+    conditions = (np.arange(groups, dtype=np.int32) % 10) if conditional else np.zeros(groups, np.int32)
+    repeated = np.repeat(conditions, settings.group_size)
+    images = _sample(policy, model, repeated, seed + 3000)
+    rewards = np.asarray(reward_fn(jnp.asarray(images), jnp.asarray(repeated))).reshape(groups, settings.group_size)
+    images = images.reshape(groups, settings.group_size, *images.shape[1:])
+    rows = np.arange(groups)
+    return {"observations": conditions, "chosen": images[rows, rewards.argmax(1)],
+            "rejected": images[rows, rewards.argmin(1)]}
 
 
 def _base_state(base) -> Any:
@@ -290,6 +320,12 @@ def run_ppo_diffusion(args: Namespace) -> dict[str, Any]:
     """``artifex-rl train digits-ppo-diffusion``: PPO (DDPO's importance-sampling variant) on the same
     chains: per-condition reward statistics as advantages, no value network."""
     return _run(args, "diffusion", "ppo")
+
+
+def run_dpo_diffusion(args: Namespace) -> dict[str, Any]:
+    """``artifex-rl train digits-dpo-diffusion``: Diffusion-DPO (Wallace et al., 2023) on pairs ranked by
+    the reward (best vs worst of ``group_size`` base-model samples of one condition)."""
+    return _run(args, "diffusion", "dpo")
 
 
 def run_reinforce_diffusion(args: Namespace) -> dict[str, Any]:
