@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from artifex_rl.generative import _EXPORTS as _GENERATIVE_EXPORTS  # a name table only: imports no trainer
+
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
@@ -35,16 +37,8 @@ _EXPORTS: dict[str, str] = {
     "PPOTrainer": "artifex_rl.rl.ppo",
     "REINFORCETrainer": "artifex_rl.rl.reinforce",
     "Trainer": "artifex_rl.trainer",
-    "DiffusionTrainer": "artifex_rl.generative.diffusion",
-    "FlowTrainer": "artifex_rl.generative.flow",
-    "DenoisingChainPolicy": "artifex_rl.generative.chain_policy",
-    "DenoisingLikelihood": "artifex_rl.generative.diffusion_dpo",
-    "DigitClassifierReward": "artifex_rl.generative.image_rewards",
-    "InkReward": "artifex_rl.generative.image_rewards",
-    "SmoothnessReward": "artifex_rl.generative.image_rewards",
-    "VAETrainer": "artifex_rl.generative.vae",
-    "GANTrainer": "artifex_rl.generative.gan",
-    "EnergyTrainer": "artifex_rl.generative.energy",
+    # The generative names (trainers, chain policy, image rewards): one table, artifex_rl.generative's.
+    **_GENERATIVE_EXPORTS,
     "LossTerm": "artifex_rl.core.loss_terms",
     "PolicySnapshot": "artifex_rl.core.snapshot",
     "UpdatePhase": "artifex_rl.core.update",
@@ -58,29 +52,34 @@ __all__ = [
     "CompositeReward",
     "ConstantReward",
     "DPOConfig",
+    "DPOTrainer",
+    "DenoisingChainPolicy",
+    "DenoisingLikelihood",
     "DiffusionTrainer",
+    "DigitClassifierReward",
     "EnergyTrainer",
     "FlowTrainer",
     "GANTrainer",
-    "VAETrainer",
-    "DPOTrainer",
     "GRPOConfig",
     "GRPOTrainer",
     "GaussianPolicy",
+    "InkReward",
     "LossTerm",
-    "PolicySnapshot",
-    "UpdatePhase",
     "PPOConfig",
     "PPOTrainer",
     "PolicyHead",
+    "PolicySnapshot",
     "REINFORCEConfig",
     "REINFORCETrainer",
     "RewardFunction",
     "ScaledReward",
+    "SmoothnessReward",
     "ThresholdReward",
     "TokenPolicy",
     "Trainer",
     "TrainerConfig",
+    "UpdatePhase",
+    "VAETrainer",
     "__version__",
 ]
 
