@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test docs lint bench clean venv
+.PHONY: demo test docs lint bench bench-envs clean venv
 
 venv: $(STAMP)
 
@@ -34,8 +34,28 @@ docs: $(DOCS_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check artifex_rl tests bench examples
 
-bench: $(STAMP)
-	$(PY) bench/trainer_overhead.py
+# `make bench`: every benchmark in bench/ (about an hour on 2 CPU cores; BENCH_ARGS=--quick for minutes),
+# tables in bench/results/report.md. The peer libraries live in bench-only venvs, never in ours:
+# avitai-artifex pulls TensorFlow, rejax wants gymnax<1.0.
+BENCH_ENVS := .bench-envs
+BENCH_ARGS ?=
+
+$(BENCH_ENVS)/artifex/.installed:
+	$(PYTHON) -m venv $(BENCH_ENVS)/artifex
+	$(BENCH_ENVS)/artifex/bin/pip install --quiet --upgrade pip
+	$(BENCH_ENVS)/artifex/bin/pip install --quiet "avitai-artifex==0.1.3"
+	touch $@
+
+$(BENCH_ENVS)/rejax/.installed:
+	$(PYTHON) -m venv $(BENCH_ENVS)/rejax
+	$(BENCH_ENVS)/rejax/bin/pip install --quiet --upgrade pip
+	$(BENCH_ENVS)/rejax/bin/pip install --quiet "rejax==0.1.3" "gymnax<1.0"
+	touch $@
+
+bench-envs: $(BENCH_ENVS)/artifex/.installed $(BENCH_ENVS)/rejax/.installed
+
+bench: $(STAMP) bench-envs
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs site .pytest_cache
+	rm -rf $(VENV) $(BENCH_ENVS) runs site .pytest_cache

@@ -1,0 +1,188 @@
+"""Each algorithm's ``fit`` step against the floor: a hand-written pure donated ``jax.jit`` step.
+
+The floor computes the same loss on the same inputs with the fewest forward
+passes the maths allows, on plain pytrees (no trainer, no NaN check, no
+metrics beyond the loss): REINFORCE one policy forward; GRPO the policy and
+the frozen reference (two); DPO chosen and rejected stacked through the policy
+and through the reference (two forwards of 2B rows). Model and batch are
+``bench/vs_artifex.py``'s anchor LM. The first step's loss of the floor and of
+ours are printed side by side (they must agree: the floor is only a floor if
+it computes the same thing).
+
+Ours runs with its defaults (``nan_policy="raise"``: a non-finite update is
+kept out of the parameters) and with ``nan_policy="off"``, one step per call
+and ``steps_per_execution=10``; all timed interleaved in rounds, medians.
+
+    PYTHONPATH=. python bench/floors.py [--steps 30 --rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from _anchor_lm import (  # noqa: E402
+    BETA_DPO,
+    BETA_GRPO,
+    CLIP,
+    ENTROPY,
+    GROUP,
+    LR,
+    PROMPT,
+    AnchorLM,
+    completion_log_probs,
+    data,
+)
+from _results import markdown_table, save  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from artifex_rl.rl import (  # noqa: E402
+    DPOConfig,
+    DPOTrainer,
+    GRPOConfig,
+    GRPOTrainer,
+    REINFORCEConfig,
+    REINFORCETrainer,
+)
+
+
+def _token_scores(apply, params, seqs):
+    """Completion-token log-probs and entropies ``(B, N)`` from one forward pass."""
+    logp = jax.nn.log_softmax(apply(params, seqs)[:, PROMPT - 1:-1], -1)
+    tok = jnp.take_along_axis(logp, seqs[:, PROMPT:, None], -1)[..., 0]
+    return tok, -jnp.sum(jnp.exp(logp) * logp, -1)
+
+
+def floor_loss(algo: str, apply, params, ref_params, b):
+    if algo == "REINFORCE":
+        tok, ent = _token_scores(apply, params, b["seqs"])
+        r = b["rewards"]
+        ret = (r - r.mean()) / (r.std() + 1e-8)
+        return -jnp.mean(tok.sum(-1) * ret) - ENTROPY * ent.mean()
+    if algo == "GRPO":
+        tok, ent = _token_scores(apply, params, b["seqs"])
+        ref, _ = _token_scores(apply, ref_params, b["seqs"])
+        g = b["rewards"].reshape(-1, GROUP)
+        adv = ((g - g.mean(1, keepdims=True)) / (g.std(1, keepdims=True) + 1e-4)).reshape(-1, 1)
+        ratio = jnp.exp(tok - b["old"])
+        surrogate = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - CLIP, 1 + CLIP) * adv)
+        d = jax.lax.stop_gradient(ref) - tok
+        kl = jnp.exp(d) - d - 1
+        per_token = surrogate + BETA_GRPO * kl - ENTROPY * ent
+        return per_token.mean(-1).mean()
+    both = jnp.concatenate([b["seqs"], b["rejected"]])
+    tok, _ = _token_scores(apply, params, both)
+    ref, _ = _token_scores(apply, ref_params, both)
+    n = b["seqs"].shape[0]
+    logratio = tok.sum(-1) - jax.lax.stop_gradient(ref.sum(-1))
+    return -jnp.mean(jax.nn.log_sigmoid(BETA_DPO * (logratio[:n] - logratio[n:])))
+
+
+def make_floor(algo: str, model, b):
+    graphdef, params = nnx.split(model, nnx.Param)
+    ref_params = jax.tree.map(jnp.copy, params)
+    tx = optax.adam(LR)
+
+    def apply(p, x):
+        return nnx.merge(graphdef, p)(x)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def step(state, b):
+        params, opt_state = state
+        loss, grads = jax.value_and_grad(lambda p: floor_loss(algo, apply, p, ref_params, b))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    holder = {"state": (params, tx.init(params))}
+
+    def run():
+        holder["state"], loss = step(holder["state"], b)
+        return loss
+
+    return run
+
+
+def make_ours(algo: str, model, d, **config):
+    seqs = jnp.asarray(d["sequences"])
+    prompts, completions = seqs[:, :PROMPT], seqs[:, PROMPT:]
+    config = dict(log_every_n_steps=10_000, **config)
+    rewards = jnp.asarray(d["rewards"])
+    if algo == "REINFORCE":
+        trainer = REINFORCETrainer(model, optax.adam(LR), REINFORCEConfig(entropy_coeff=ENTROPY, policy="tokens",
+                                                                         **config))
+        batch = {"observations": prompts, "actions": completions, "rewards": rewards}
+    elif algo == "GRPO":
+        trainer = GRPOTrainer(model, optax.adam(LR), GRPOConfig(num_generations=GROUP, clip_param=CLIP,
+                                                                beta=BETA_GRPO, entropy_coeff=ENTROPY, **config))
+        batch = {"observations": prompts, "actions": completions, "rewards": rewards,
+                 "log_probs": completion_log_probs(model, seqs), "group_size": GROUP}
+    else:
+        trainer = DPOTrainer(model, optax.adam(LR), DPOConfig(beta=BETA_DPO, **config))
+        batch = {"observations": prompts, "chosen": completions, "rejected": jnp.asarray(d["rejected"])[:, PROMPT:]}
+    return trainer, batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--algos", nargs="+", default=["REINFORCE", "GRPO", "DPO"])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    d = data()
+    seqs = jnp.asarray(d["sequences"])
+    rows, losses = [], []
+    for algo in args.algos:
+        model = AnchorLM(nnx.Rngs(0))
+        b = {"seqs": seqs, "rejected": jnp.asarray(d["rejected"]).at[:, :PROMPT].set(seqs[:, :PROMPT]),
+             "rewards": jnp.asarray(d["rewards"]), "old": completion_log_probs(model, seqs)}
+        floor = make_floor(algo, model, b)
+        variants = {"ours (defaults)": {}, "ours nan_policy=off": {"nan_policy": "off"},
+                    "ours K=10": {"steps_per_execution": 10}}
+        trainers = {name: make_ours(algo, AnchorLM(nnx.Rngs(0)), d, **cfg) for name, cfg in variants.items()}
+        first = {name: float(t.train_step(batch)["loss"]) for name, (t, batch) in trainers.items()}
+        losses.append({"algorithm": algo, "floor loss": float(floor()), "our loss": first["ours (defaults)"]})
+
+        def fit_fn(trainer, batch):
+            def run():
+                trainer.fit([batch] * args.steps, max_steps=trainer.global_step + args.steps)
+                return trainer.train_state
+            return run
+
+        fns = {"floor": lambda floor=floor: [floor() for _ in range(args.steps)][-1]}
+        fns |= {name: fit_fn(t, batch) for name, (t, batch) in trainers.items()}
+        for fn in fns.values():  # compile every path (fit's chunked calls included)
+            jax.block_until_ready(fn())
+        times = {name: [] for name in fns}
+        for _ in range(args.rounds):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[name].append((time.perf_counter() - start) / args.steps * 1e3)
+        med = {name: statistics.median(v) for name, v in times.items()}
+        row = {"algorithm": algo, "floor ms": med["floor"]}
+        for name in variants:
+            row[f"{name} ms"] = med[name]
+            row[f"{name} / floor"] = med[name] / med["floor"]
+        rows.append(row)
+        print(markdown_table([row]), flush=True)
+    print()
+    print(markdown_table(rows))
+    print()
+    print(markdown_table(losses))
+    save("floors", rows, summary={**{f"{r['algorithm']} defaults / floor": r["ours (defaults) / floor"]
+                                     for r in rows}, "target": "<= 1.05"},
+         notes=f"first-step losses, floor vs ours: {losses}")
+
+
+if __name__ == "__main__":
+    main()
