@@ -97,8 +97,8 @@ class GANReinforceSettings:
 
     steps: int = 300
     batch_size: int = 128
-    learning_rate: float = 2e-4
-    sigma: float = 0.1
+    learning_rate: float = 5e-4
+    sigma: float = 0.15
     lam: float = 0.5
     max_grad_norm: float = 1.0
     log_every: int = 10
