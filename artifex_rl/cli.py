@@ -89,15 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     # default None, not False: check_options refuses any recipe-specific option that is not None.
     lm.add_argument("--unconditional", action="store_true", default=None,
                     help="digits-diffusion/digits-flow only: train without class labels (no guidance)")
-    chain = train.add_argument_group("RL on a digit sampler (digits-grpo-diffusion, digits-grpo-flow, "
-                                     "digits-reinforce-diffusion)")
+    chain = train.add_argument_group("RL on a digit generative model (digits-grpo-diffusion, digits-grpo-flow, "
+                                     "digits-reinforce-diffusion, digits-ppo-vae, digits-reinforce-gan, ...)")
     chain.add_argument("--target-digit", type=int, default=None, choices=range(10), metavar="D",
                        help="the digit the reward asks for (default 3)")
     chain.add_argument("--conditional", action="store_true", default=None,
                        help="fine-tune a class-conditional model without guidance (reward: P(label))")
     chain.add_argument("--base-run", default=None,
-                       help="run directory of an earlier digits-diffusion/digits-flow run (default: train one "
-                            "into RUN_DIR/base)")
+                       help="run directory of an earlier digits-diffusion/digits-flow run (digits-vae for "
+                            "digits-ppo-vae, digits-gan for digits-reinforce-gan; default: train one into RUN_DIR/base)")
     train.add_argument("--log-every", type=int, default=None,
                        help="log metrics every N trainer steps (environment, language-model and digits recipes)")
     dist = train.add_argument_group(

@@ -36,6 +36,8 @@ LM_OPTIONS = frozenset({"steps", "task", "log_every"})
 DIGITS_OPTIONS = frozenset({"steps", "log_every"})
 #: Options of the RL recipes on a digit sampler's chain (digits-grpo-*, digits-reinforce-diffusion).
 CHAIN_RL_OPTIONS = frozenset({"steps", "log_every", "target_digit", "conditional", "base_run"})
+#: Options of the RL recipes on a VAE's latents and a GAN's generator.
+LATENT_RL_OPTIONS = frozenset({"steps", "log_every", "base_run"})
 #: The diffusion and flow recipes also train unconditional models.
 DENOISING_OPTIONS = DIGITS_OPTIONS | {"unconditional"}
 
@@ -124,6 +126,16 @@ RECIPE_INFO: dict[str, RecipeInfo] = {
     "digits-reinforce-diffusion": RecipeInfo(
         "artifex_rl.recipes.digits.rl:run_reinforce_diffusion",
         "REINFORCE on a digit diffusion model's DDIM chain (DDPO's score-function estimator)", CHAIN_RL_OPTIONS,
+    ),
+    "digits-ppo-vae": RecipeInfo(
+        "artifex_rl.recipes.digits.latent_rl:run_ppo_vae",
+        "PPO on a digit VAE's latents: the encoder is the policy, the decoder the environment, reward "
+        "P(input's label | decoded) - reconstruction error", LATENT_RL_OPTIONS,
+    ),
+    "digits-reinforce-gan": RecipeInfo(
+        "artifex_rl.recipes.digits.latent_rl:run_reinforce_gan",
+        "REINFORCE on a digit GAN's generator (Gaussian around its output), ORGAN reward "
+        "lam D + (1 - lam) P(--target-digit)", LATENT_RL_OPTIONS | {"target_digit"},
     ),
 }
 
