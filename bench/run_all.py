@@ -49,7 +49,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
                "each algorithm's fit step vs the fewest-forward-passes hand-written jit step"),
     "lm_scaling": (OURS, ["lm_scaling.py"], ["lm_scaling.py", "--quick"],
                    "GRPO vs PPO-with-value-head memory, step time vs batch and sequence length"),
-    "sampler_speed": (OURS, ["sampler_speed.py", "--sweep"], ["sampler_speed.py", "--sweep", "--repeats", "3"],
+    "sampler_speed": (OURS, ["sampler_speed.py", "--sweep", "--repeats", "6"], ["sampler_speed.py", "--sweep", "32", "64", "--repeats", "3"],
                       "KV-cache sampler vs recompute, tokens/s at lengths 32..256"),
     "lm_grpo": (OURS, ["lm_grpo.py"], ["lm_grpo.py", "--repeats", "1", "--split-repeats", "5"],
                 "GRPO time-to-reward through fit vs a hand-fused loop"),
