@@ -174,13 +174,13 @@ def test_bad_input_names_what_was_wrong():
 
 def test_lm_ppo_online_raises_the_digit_sum_reward(tmp_path):
     settings = lm.LMSettings(
-        task="digit_sum", pretrain=lm.PretrainSettings(noise=0.7, steps=80, batch_size=128), eval_prompts=256
+        task="digit_sum", pretrain=lm.PretrainSettings(noise=0.7, steps=60, batch_size=128), eval_prompts=256
     )
     task = lm.make_task("digit_sum")
     model, _ = lm.pretrain(task, settings, seed=0, cache_dir=str(tmp_path))
     evaluator = lm.RewardEvaluator(task, settings.eval_prompts)
     initial = evaluator(model)
-    ppo = lm.PPOSettings(steps=25, num_prompts=256)
+    ppo = lm.PPOSettings(steps=15, num_prompts=128)  # measured: 0.36 -> 0.67
     trainer = PPOTrainer(
         lm.with_value_head(model, task, settings, 0), optax.adam(ppo.learning_rate),
         lm.ppo_config(task, ppo, log_every=5, seed=0), reward_fn=task.reward_fn,
