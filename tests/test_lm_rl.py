@@ -258,7 +258,11 @@ def test_reinforce_on_token_sequences_improves_the_reward(pretrained):
     assert source.state_dict() == {"batches": 50}
 
 
-def test_cli_lm_grpo_writes_metrics_summary_plot_checkpoint_and_samples(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("recipe", "trainer_class", "section"), [
+    ("lm-grpo", "GRPOTrainer", "grpo"), ("lm-ppo", "PPOTrainer", "ppo")])
+def test_cli_lm_online_recipe_writes_metrics_summary_plot_checkpoint_and_samples(
+    tmp_path, monkeypatch, recipe, trainer_class, section
+):
     from artifex_rl.cli import main
 
     # The recipe pre-trains on 300 x 256 demonstrations by default; a tiny pre-training keeps this short.
@@ -272,7 +276,7 @@ def test_cli_lm_grpo_writes_metrics_summary_plot_checkpoint_and_samples(tmp_path
     run_dir = tmp_path / "run"
     argv = [
         "train",
-        "lm-grpo",
+        recipe,
         "--steps",
         "4",
         "--log-every",
@@ -293,8 +297,8 @@ def test_cli_lm_grpo_writes_metrics_summary_plot_checkpoint_and_samples(tmp_path
     assert summary["pretrain_cached"] is False and summary["rl_steps"] == 4
     config = json.loads((run_dir / "config.json").read_text())
     assert config["command"] == "artifex-rl " + " ".join(argv)
-    assert config["trainer"]["class"] == "GRPOTrainer" and config["trainer"]["policy"] == "tokens"
-    assert config["run"]["grpo"]["steps"] == 4
+    assert config["trainer"]["class"] == trainer_class and config["trainer"]["policy"] == "tokens"
+    assert config["run"][section]["steps"] == 4
     assert os.path.exists(run_dir / "metrics.png")
     assert os.path.exists(run_dir / "samples.jsonl")
     assert os.path.exists(run_dir / "pretrained" / "settings.json")

@@ -148,6 +148,11 @@ class TransformerLM(nnx.Module):
       tie_embeddings: output logits reuse the token embedding (``h @ E^T``);
         otherwise a separate ``Linear(D, V)`` head.
       norm: ``"layernorm"`` or ``"rmsnorm"`` (all norms of the model).
+      value_head: add a scalar head on the final hidden states (zero-initialised
+        ``Linear(D, 1)``, sharing the trunk as TRL's ``...WithValueHead``): the
+        model then returns ``(logits (B, T, V), values (B, T))``, what PPO on
+        token sequences needs. ``prefill``/``decode_step`` still return logits
+        only, so the samplers are unchanged.
       rngs: parameter initialisation streams.
     """
 
@@ -162,6 +167,7 @@ class TransformerLM(nnx.Module):
         *,
         tie_embeddings: bool = True,
         norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        value_head: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         for name, value in (
@@ -191,6 +197,10 @@ class TransformerLM(nnx.Module):
         )
         self.final_norm = _make_norm(norm, d_model, rngs)
         self.lm_head = None if tie_embeddings else nnx.Linear(d_model, vocab_size, rngs=rngs)
+        # Zero-initialised: V = 0 at the start, so the first value targets are the returns themselves.
+        self.value_head = (
+            nnx.Linear(d_model, 1, kernel_init=nnx.initializers.zeros_init(), rngs=rngs) if value_head else None
+        )
 
     # ------------------------------------------------------------------ core
     def _hidden(
@@ -231,7 +241,7 @@ class TransformerLM(nnx.Module):
             raise ValueError(f"{name} must have shape {shape} like the tokens, got {mask.shape}")
 
     # ------------------------------------------------------------ public API
-    def __call__(self, tokens: Array, *, mask: Array | None = None) -> Array:
+    def __call__(self, tokens: Array, *, mask: Array | None = None) -> Array | tuple[Array, Array]:
         """Full causal forward.
 
         Args:
@@ -241,14 +251,18 @@ class TransformerLM(nnx.Module):
             positions count real tokens only (see the module docstring).
 
         Returns:
-          ``(B, T, V)`` logits; ``logits[:, t]`` predicts token ``t + 1``.
+          ``(B, T, V)`` logits; ``logits[:, t]`` predicts token ``t + 1``. With
+          ``value_head=True``: ``(logits, values)``, ``values (B, T)`` float32,
+          ``values[:, t]`` the value of the state after tokens ``0..t``.
         """
         self._check_tokens(tokens)
         self._check_mask(mask, tokens.shape)
         slots = jnp.arange(tokens.shape[1])
         allowed = _allowed(slots, slots, mask)
         h, _ = self._hidden(tokens, position_ids(mask, tokens.shape[1]), allowed, None, 0)
-        return self._logits(h)
+        if self.value_head is None:
+            return self._logits(h)
+        return self._logits(h), self.value_head(h)[..., 0].astype(jnp.float32)
 
     def init_cache(self, batch_size: int, cache_len: int, dtype: jnp.dtype = jnp.float32) -> KVCache:
         """Zeroed KV cache: per layer ``(k, v)``, each ``(B, H, cache_len, Dh)``."""

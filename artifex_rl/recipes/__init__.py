@@ -79,6 +79,10 @@ RECIPE_INFO: dict[str, RecipeInfo] = {
         "artifex_rl.recipes.lm:run_grpo",
         "pre-train a tiny LM on a digit task, then online GRPO", LM_OPTIONS,
     ),
+    "lm-ppo": RecipeInfo(
+        "artifex_rl.recipes.lm:run_ppo",
+        "pre-train a tiny LM on a digit task, then online PPO with a value head (the RLHF loop)", LM_OPTIONS,
+    ),
     "lm-dpo": RecipeInfo(
         "artifex_rl.recipes.lm:run_dpo",
         "pre-train a tiny LM on a digit task, then DPO on its own preference pairs", LM_OPTIONS,

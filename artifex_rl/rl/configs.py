@@ -93,7 +93,16 @@ class PPOConfig(TrainerConfig):
       target_kl: stop this batch's remaining updates once a minibatch's
         approximate KL exceeds this (``None``: never).
       policy: ``"categorical"``, ``"gaussian"`` or ``"auto"`` (Gaussian when
-        the model's policy output is a pair ``(mean, log_std)``).
+        the model's policy output is a pair ``(mean, log_std)``), or
+        ``"tokens"``: PPO on token sequences (the RLHF loop; see
+        :mod:`artifex_rl.rl.ppo_tokens`), the model a causal LM with a value
+        head returning ``(logits (B, T, V), values (B, T))``.
+      kl_coeff: tokens only: weight of the per-token KL penalty
+        ``-kl_coeff * (log pi_old - log pi_ref)`` added to the rewards
+        (InstructGPT's beta; ``0``: no reference model).
+      max_new_tokens, temperature, eos_id, pad_id: tokens only: sampling
+        settings of the online ``train_step(prompts, reward_fn, key)``; the
+        update scores tokens under ``logits / temperature`` as sampled.
     """
 
     gamma: float = 0.99
@@ -108,6 +117,11 @@ class PPOConfig(TrainerConfig):
     normalize_advantages: bool = True
     target_kl: float | None = None
     policy: str = "categorical"
+    kl_coeff: float = 0.05
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    eos_id: int | None = None
+    pad_id: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,7 +130,9 @@ class PPOConfig(TrainerConfig):
         _check_positive("clip_param", self.clip_param, _CLIP_WHY)
         _check_range("update_epochs", self.update_epochs, 1)
         _check_range("num_minibatches", self.num_minibatches, 1)
-        _check("policy", self.policy, ("categorical", "gaussian", "auto"))
+        _check_range("kl_coeff", self.kl_coeff, 0.0)
+        _check_range("max_new_tokens", self.max_new_tokens, 1)
+        _check("policy", self.policy, ("categorical", "gaussian", "auto", "tokens"))
 
 
 @dataclasses.dataclass(frozen=True)

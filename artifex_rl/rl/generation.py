@@ -207,13 +207,28 @@ def score_completions(
     p = prompts.shape[1]
     if p < 1:
         raise ValueError(f"prompts must hold at least one token, got shape {prompts.shape}")
+    tokens, mask = full_sequence(prompts, completions, prompt_mask)
+    return completion_scores(forward(model, tokens, mask), tokens, p, temperature=temperature, top_k=top_k)
+
+
+def full_sequence(prompts: Array, completions: Array, prompt_mask: Array | None = None) -> tuple[Array, Array | None]:
+    """``(B, P + N)`` tokens ``concat(prompts, completions)`` and the model's key mask
+    ``concat(prompt_mask, ones)`` (``None`` without a prompt mask)."""
     tokens = jnp.concatenate([prompts, completions.astype(prompts.dtype)], axis=1)
-    mask = None
-    if prompt_mask is not None:
-        mask = jnp.concatenate([prompt_mask, jnp.ones(completions.shape, prompt_mask.dtype)], axis=1)
+    if prompt_mask is None:
+        return tokens, None
+    return tokens, jnp.concatenate([prompt_mask, jnp.ones(completions.shape, prompt_mask.dtype)], axis=1)
+
+
+def completion_scores(
+    logits: Array, tokens: Array, prompt_length: int, *, temperature: float = 1.0, top_k: int | None = None
+) -> tuple[Array, Array]:
+    """Per-token log-probs and entropies ``(B, N)`` of the completion part of ``(B, P + N)`` tokens,
+    from the model's ``(B, P + N, V)`` logits of the whole sequence (see :func:`score_completions`)."""
+    p = prompt_length
     # Positions P-1 .. P+N-2 predict the completion tokens; the helpers below
     # align scores with the token they score, so column 0 of the window is dropped.
-    window = sampling_logits(forward(model, tokens, mask)[:, p - 1 :], temperature, top_k)
+    window = sampling_logits(logits[:, p - 1 :], temperature, top_k)
     return token_log_probs(window, tokens[:, p - 1 :])[:, 1:], token_entropies(window)[:, 1:]
 
 

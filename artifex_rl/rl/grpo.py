@@ -1,8 +1,5 @@
 """GRPO: group-relative advantages, a clipped surrogate and a KL penalty, no critic.
 
-Long because it serves two modes (offline batches and online generation with
-its host-reward path); see the note at the end of this docstring.
-
 For ``B = num_prompts x G`` completions, consecutive groups of ``G`` share a
 prompt. Per completion ``i`` and completion token ``t``::
 
@@ -59,43 +56,27 @@ The KL penalty uses ``ref_log_probs`` from the batch, else the frozen
 reference model (by default a copy of the policy at construction when
 ``beta > 0``).
 
-(Long because of two modes, about 440 lines: the offline step plus the online plumbing -- the
-``train_step``/``train_steps`` overrides of the host-reward path and the
-compiled-program reset on a new reward -- which shrinks once the trainer
-offers a host-batch hook and its own cache reset.)
+The online plumbing (the host-reward path, the compiled-program reset on a
+new reward) is :class:`artifex_rl.rl.online.OnlineGeneration`, shared with
+PPO's token branch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 from artifex_rl.batches import canonical, check_leading, check_shape, require
-from artifex_rl.core.rng import HOST_SAMPLE, stream_key
 from artifex_rl.distributions import PolicyHead
 from artifex_rl.events import Callback
-from artifex_rl.rewards import RewardFunctionError
 from artifex_rl.rl.base import REFERENCE, RLTrainer
 from artifex_rl.rl.configs import GRPOConfig
-from artifex_rl.rl.generation import (
-    Completions,
-    RewardNotJittableError,
-    SampleFn,
-    ScoredCompletions,
-    sample_and_score,
-    sample_groups,
-    score_completions,
-    score_rewards,
-)
+from artifex_rl.rl.generation import SampleFn, sample_and_score, score_completions
 from artifex_rl.rl.losses import (
     aggregate_token_loss,
     clipped_surrogate_metrics,
@@ -105,15 +86,13 @@ from artifex_rl.rl.losses import (
     masked_mean,
     token_loss_term,
 )
+from artifex_rl.rl.online import OnlineGeneration, online_outputs
 from artifex_rl.rl.trajectories import is_trajectory_policy, prepare_trajectory_batch, trajectory_scores
-
-_log = logging.getLogger(__name__)
-
 
 Array = jax.Array
 
 
-class GRPOTrainer(RLTrainer):
+class GRPOTrainer(OnlineGeneration, RLTrainer):
     """Group Relative Policy Optimization (see the module docstring).
 
     Args:
@@ -156,115 +135,15 @@ class GRPOTrainer(RLTrainer):
         mesh: jax.sharding.Mesh | None = None,
     ):
         super().__init__(model, optimizer, config, policy=policy, reward_fn=reward_fn, callbacks=callbacks, mesh=mesh)
-        _check_sampling_settings(self.config)
         if reference_model == "copy":
             if self.config.beta > 0:
                 self.set_reference_model(None)
         elif reference_model is not None:
             self.set_reference_model(reference_model)
-        self.sample_fn: SampleFn = sample_fn if sample_fn is not None else _default_sampler(self.config)
-        #: Whether ``reward_fn`` runs on the host (``None``: not decided yet;
-        #: decided on the first online step by tracing the reward alone).
-        self.reward_on_host: bool | None = None
+        self.init_online(sample_fn)
 
-    # ------------------------------------------------------------ online mode
-    def train_step(self, batch, reward_fn: Callable[..., Array] | None = None, key: Array | None = None):
-        """One GRPO step (see :meth:`_train_step`); a failing reward function is named with the step."""
-        with _reward_errors_at(self.global_step):
-            return self._train_step(batch, reward_fn, key)
-
-    def _train_step(self, batch, reward_fn: Callable[..., Array] | None = None, key: Array | None = None):
-        """One GRPO step. With ``rewards`` in ``batch``: the offline step. Without:
-        sample ``G`` completions per prompt with ``sample_fn``, reward them with
-        ``reward_fn`` (or the constructor's), then update. ``key`` seeds the
-        sampling (default: the trainer's RNG stream); the step number is folded
-        into it, so a loop that passes the same key every step still draws
-        fresh completions."""
-        if reward_fn is not None and reward_fn is not self.reward_fn:
-            self._set_reward_fn(reward_fn)
-        if "rewards" in batch:
-            return super().train_step(batch)
-        batch = self._online_batch(batch)
-        if key is not None:
-            batch["sample_key"] = jax.random.fold_in(key, self.global_step)
-        if not self.reward_on_host:
-            try:
-                metrics = super().train_step(batch)
-            except RewardNotJittableError as err:
-                self._use_host_rewards(err)
-            else:
-                self.reward_on_host = False
-                return metrics
-        return self._host_reward_step(batch)
-
-    def train_steps(self, batches: Sequence[Any]):
-        """``len(batches)`` steps in one compiled call, as :meth:`Trainer.train_steps`.
-
-        Online batches with a reward that runs on the host take one step per
-        batch instead (sampling must see the latest parameters); the metrics
-        are stacked the same way.
-        """
-        with _reward_errors_at(self.global_step):
-            return self._train_steps(list(batches))
-
-    def _train_steps(self, batches: list[Any]):
-        if all("rewards" in b for b in batches):
-            return super().train_steps(batches)
-        self._require_reward_fn()
-        if not self.reward_on_host:
-            try:
-                return super().train_steps(batches)
-            except RewardNotJittableError as err:
-                self._use_host_rewards(err)
-        metrics = [self.train_step(b) for b in batches]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
-
-    def _require_reward_fn(self) -> None:
-        if self.reward_fn is None:
-            raise ValueError(
-                "GRPOTrainer: the batch has no 'rewards' and no reward_fn was given; pass "
-                "train_step(batch, reward_fn, key), GRPOTrainer(..., reward_fn=...), or a batch with rewards"
-            )
-
-    def _online_batch(self, batch) -> dict[str, Any]:
-        self._require_reward_fn()
-        batch = canonical(batch)
-        require(batch, ["observations"], type(self).__name__)
-        return batch
-
-    def _use_host_rewards(self, err: Exception) -> None:
-        _log.warning(
-            "reward_fn %r cannot be traced by jax; computing rewards on the host between compiled "
-            "sampling and update calls (%s)", self.reward_fn, err,
-        )
-        self.reward_on_host = True
-
-    def _set_reward_fn(self, reward_fn: Callable[..., Array]) -> None:
-        """Use ``reward_fn`` from now on: every compiled program traced with the old one is dropped."""
-        self.reward_fn = reward_fn
-        self.reward_on_host = None
-        # The compiled step and runners read self.reward_fn while tracing: drop them all.
-        self.recompile()
-
-    def _host_reward_step(self, batch: dict[str, Any]):
-        """Compiled sampling, rewards on the host, then the compiled offline update."""
-        group_size = _group_size(batch, self.config, type(self).__name__)
-        key = batch.get("sample_key")
-        if key is None:
-            # A stream of its own, derived like the step's: (seed key, step).
-            key = stream_key(self.train_state["rng"], HOST_SAMPLE, self.global_step)
-        policy = self.policy_snapshot()
-        prompts, prompt_mask, completions = _compiled_sample_groups(
-            policy.graphdef, self.sample_fn, group_size, policy.params, policy.model_state,
-            batch["observations"], batch.get("prompt_mask"), key,
-        )
-        host = Completions(*jax.device_get(tuple(completions)))
-        conditions = jax.tree.map(lambda c: np.repeat(np.asarray(c), group_size, axis=0), batch.get("conditions"))
-        rewards = score_rewards(self.reward_fn, host, conditions)
-        scored = ScoredCompletions(prompts, prompt_mask, conditions, completions, rewards)
-        metrics = super().train_step({**scored.as_batch(), "group_size": group_size})
-        self.last_outputs = _online_outputs(scored)
-        return metrics
+    def online_group_size(self, batch) -> int:
+        return _group_size(batch, self.config, type(self).__name__)
 
     # ---------------------------------------------------------- the step
     def check_host_rewards(self, batch) -> None:
@@ -310,7 +189,7 @@ class GRPOTrainer(RLTrainer):
                 batch.get("sample_key", rng), group_size, prompt_mask=batch.get("prompt_mask"),
             )
             batch = scored.as_batch()
-            outputs = _online_outputs(scored)
+            outputs = online_outputs(scored)
 
         require(batch, ["observations", "actions", "rewards"], who)
         rewards = jnp.asarray(batch["rewards"], jnp.float32)
@@ -457,66 +336,8 @@ class GRPOTrainer(RLTrainer):
         }
 
 
-# --------------------------------------------------------------------------- #
-# Online sampling helpers
-# --------------------------------------------------------------------------- #
-@contextlib.contextmanager
-def _reward_errors_at(step: int):
-    """Add the step to a :class:`RewardFunctionError` raised inside (the user's reward raised)."""
-    try:
-        yield
-    except RewardFunctionError as err:
-        if "at step" in str(err):
-            raise
-        raise RewardFunctionError(f"GRPOTrainer at step {step}: {err}") from err.__cause__
-
-
-def _check_sampling_settings(config: GRPOConfig) -> None:
-    """C-M6: GRPO optimises ``softmax(logits / temperature)``; it must be the sampling distribution."""
-    if config.temperature <= 0:
-        raise ValueError(
-            f"GRPOConfig.temperature must be > 0, got {config.temperature}: the update scores tokens under "
-            "softmax(logits / temperature), and greedy decoding (0) samples no distribution to optimise"
-        )
-    if config.top_k is not None:
-        raise ValueError(
-            f"GRPOConfig.top_k must be None, got {config.top_k}: top-k sampling draws from a truncated "
-            "distribution that the GRPO update does not optimise (tokens outside the top k are never "
-            "reinforced); lower the temperature instead"
-        )
-
-
-def _default_sampler(config: GRPOConfig) -> SampleFn:
-    # Imported here: the reference samplers live with the models, a layer above the trainers.
-    from artifex_rl.models.sampling import TokenSampler
-
-    return TokenSampler(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        eos_id=config.eos_id,
-        pad_id=config.pad_id,
-    )
-
-
 def _group_size(batch: dict[str, Any], config: GRPOConfig, who: str) -> int:
     group_size = batch.get("group_size", config.num_generations)
     if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
         raise TypeError(f"{who}: batch['group_size'] must be a Python int >= 1, got {group_size!r}")
     return group_size
-
-
-def _online_outputs(scored: ScoredCompletions) -> dict[str, Array]:
-    """What an online step keeps in ``trainer.last_outputs`` (the sample tables read it)."""
-    return {
-        "completions": scored.completions.tokens,
-        "completion_mask": scored.completions.completion_mask,
-        "rewards": scored.rewards,
-    }
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _compiled_sample_groups(graphdef, sample_fn, group_size, params, model_state, prompts, prompt_mask, key):
-    """The host-reward path's sampling call; ``group_size`` is part of the compile key (C-L3)."""
-    model = nnx.merge(graphdef, params, model_state)
-    return sample_groups(sample_fn, model, prompts, key, group_size, prompt_mask=prompt_mask)

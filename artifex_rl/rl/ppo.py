@@ -38,19 +38,32 @@ chains rolled out from prompts ``observations (B,)`` (``group_size`` chains
 each), the advantages are DDPO's per-condition reward statistics, and the
 updates run the clipped surrogate over each chain's trained steps (see
 :mod:`artifex_rl.rl.trajectories`).
+
+With ``policy="tokens"`` it is PPO on token sequences, the RLHF loop
+(InstructGPT, TRL): a causal LM with a value head, KL-shaped per-token
+rewards, GAE over completion tokens, batch-whitened advantages, and online
+generation ``train_step(prompts, reward_fn, key)`` as GRPO does it; see
+:mod:`artifex_rl.rl.ppo_tokens`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
 
 from artifex_rl.batches import canonical, check_leading, check_shape, flatten_leading, require
 from artifex_rl.core.loss_terms import LossTerm
+from artifex_rl.distributions import PolicyHead
+from artifex_rl.events import Callback
 from artifex_rl.rl.base import RLTrainer
 from artifex_rl.rl.configs import PPOConfig
+from artifex_rl.rl.generation import SampleFn
 from artifex_rl.rl.losses import (
     clipped_surrogate_metrics,
     clipped_surrogate_per_element,
@@ -59,6 +72,8 @@ from artifex_rl.rl.losses import (
     masked_mean,
     normalize_advantages,
 )
+from artifex_rl.rl.online import OnlineGeneration
+from artifex_rl.rl.ppo_tokens import prepare_token_batch, split_value_output, token_loss
 from artifex_rl.rl.reinforce import _zero_padding
 from artifex_rl.rl.trajectories import (
     is_trajectory_policy,
@@ -92,22 +107,70 @@ def _masked_var(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return masked_mean(jnp.square(x - masked_mean(x, mask)), mask)
 
 
-class PPOTrainer(RLTrainer):
+class PPOTrainer(OnlineGeneration, RLTrainer):
     """Proximal Policy Optimization (see the module docstring for the batch and loss).
+
+    Args:
+      model, optimizer, config, callbacks, policy, mesh: as for :class:`RLTrainer`.
+      reward_fn: rewards samples generated online (a chain policy's images;
+        token completions with ``policy="tokens"``).
+      reference_model: tokens only: ``"copy"`` (default): a frozen copy of the
+        policy as it is now, used for the KL-shaped reward when ``kl_coeff >
+        0``; a module to use instead; ``None``: none (``ref_log_probs`` must
+        then come with the batch).
+      sample_fn: tokens only: how completions are sampled online (default: the
+        KV-cache :class:`~artifex_rl.models.sampling.TokenSampler` with the
+        config's ``max_new_tokens``/``temperature``/``eos_id``/``pad_id``).
 
     Metrics: ``loss``, ``policy_loss``, ``value_loss``, ``entropy``,
     ``kl_divergence`` (= ``approx_kl``, KL(old || new)), ``clip_fraction``,
     ``mean_reward``, ``advantage_mean``, ``explained_variance``, ``grad_norm``,
-    averaged over the iteration's updates.
+    averaged over the iteration's updates; with tokens also ``kl`` (KL(old ||
+    ref) per sequence), ``non_score_reward`` and ``completion_length``.
     """
 
     config_class = PPOConfig
     config: PPOConfig
     expects_value_output = True
 
+    def __init__(
+        self,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer | optax.GradientTransformation,
+        config: PPOConfig | None = None,
+        *,
+        reward_fn: Callable[..., jax.Array] | None = None,
+        reference_model: nnx.Module | str | None = "copy",
+        sample_fn: SampleFn | None = None,
+        policy: str | PolicyHead | None = None,
+        callbacks: Sequence[Callback] = (),
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        super().__init__(model, optimizer, config, policy=policy, reward_fn=reward_fn, callbacks=callbacks, mesh=mesh)
+        self.init_online(sample_fn)
+        if self.uses_online_generation():
+            _check_value_head(model, type(self).__name__)
+            if reference_model == "copy":
+                if self.config.kl_coeff > 0:
+                    self.set_reference_model(None)
+            elif reference_model is not None:
+                self.set_reference_model(reference_model)
+
+    def uses_online_generation(self) -> bool:
+        """Token sequences (``policy="tokens"``) are sampled online; other policies are not."""
+        return self.policy is not None and self.is_tokens(self.policy)
+
+    def online_group_size(self, batch) -> int:
+        group_size = batch.get("group_size", 1)
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+            raise TypeError(f"{type(self).__name__}: batch['group_size'] must be a Python int >= 1, got {group_size!r}")
+        return group_size
+
     def index_keys(self, batch):
         if is_trajectory_policy(self.policy):
             return []
+        if self.uses_online_generation():
+            return [("observations", "prompt_mask", "token"), ("actions", "completion_mask", "token")]
         return [("actions", "mask", "action")]
 
     def update_schedule(self) -> tuple[int, int]:
@@ -121,6 +184,8 @@ class PPOTrainer(RLTrainer):
     def prepare_batch(self, model, batch, rng, frozen) -> dict[str, Any]:
         batch = canonical(batch)
         who = type(self).__name__
+        if self.uses_online_generation():
+            return prepare_token_batch(self, model, batch, rng, frozen)
         if is_trajectory_policy(self.policy):
             group_size = online_group_size(batch, self.reward_fn, who)
             prompts = jnp.asarray(batch["observations"])
@@ -188,6 +253,8 @@ class PPOTrainer(RLTrainer):
 
     def compute_loss(self, model, batch, rng):
         cfg = self.config
+        if self.uses_online_generation():
+            return token_loss(self, model, batch)
         if is_trajectory_policy(self.policy):  # DDPO_IS: clipped surrogate over the chains' steps, no critic
             log_probs, old, entropy, _ = trajectory_scores(self.policy, model, batch)
             advantages = jax.lax.stop_gradient(batch["advantages"])
@@ -233,3 +300,13 @@ class PPOTrainer(RLTrainer):
             "clip_fraction": surrogate["clip_fraction"],
             **self.action_metrics(head, policy_output, batch["actions"], mask),
         }
+
+
+def _check_value_head(model: nnx.Module, who: str) -> None:
+    """A token policy must return ``(logits, values)``: checked once on a ``(1, 1)`` probe, shapes only."""
+    graphdef, state = nnx.split(model)
+    try:
+        out = jax.eval_shape(lambda s, t: nnx.merge(graphdef, s)(t), state, jax.ShapeDtypeStruct((1, 1), np.int32))
+    except Exception:  # noqa: BLE001 - a model that rejects the probe is reported by the first step
+        return
+    split_value_output(out, who)

@@ -1,6 +1,6 @@
 """Language-model recipes: pre-train a tiny causal LM, then improve it with GRPO, DPO or REINFORCE.
 
-``artifex-rl train lm-grpo|lm-dpo|lm-reinforce [--task digit_sum|sort_digits]``
+``artifex-rl train lm-grpo|lm-ppo|lm-dpo|lm-reinforce [--task digit_sum|sort_digits]``
 runs, in one command:
 
 1. **Pre-training** (cached): :class:`~artifex_rl.autoregressive.AutoregressiveTrainer`
@@ -18,6 +18,12 @@ runs, in one command:
      of ``num_prompts`` prompts with the KV-cache sampler, scores them with
      the task reward, normalises within groups and updates -- one compiled
      call per step (:class:`~artifex_rl.rl.GRPOTrainer` online mode).
+   * PPO online (the RLHF loop): the pre-trained policy gets a value head;
+     each step samples one completion for each of ``num_prompts`` prompts,
+     rewards the last token with the task reward and every token with
+     ``-kl_coeff (log pi - log pi_ref)``, runs GAE over the completion tokens
+     and ``update_epochs x num_minibatches`` clipped updates -- one compiled
+     call per step (:class:`~artifex_rl.rl.PPOTrainer`, ``policy="tokens"``).
    * DPO: preference pairs from the pre-trained policy (two completions per
      prompt; the higher-reward one is chosen; pairs whose rewards differ by
      less than ``min_reward_gap`` are skipped, ties always), trained with
@@ -56,7 +62,15 @@ from artifex_rl.recipes.lm.data import (
 )
 from artifex_rl.recipes.lm.evaluation import EvalCallback, RewardEvaluator, RunClock, preference_accuracy_fn
 from artifex_rl.recipes.lm.pretrain import pretrain
-from artifex_rl.recipes.lm.runs import grpo_config, run_dpo, run_grpo, run_reinforce
+from artifex_rl.recipes.lm.runs import (
+    grpo_config,
+    ppo_config,
+    run_dpo,
+    run_grpo,
+    run_ppo,
+    run_reinforce,
+    with_value_head,
+)
 from artifex_rl.recipes.lm.settings import (
     EVAL_SEED,
     TASKS,
@@ -64,6 +78,7 @@ from artifex_rl.recipes.lm.settings import (
     GRPOSettings,
     LMSettings,
     ModelSettings,
+    PPOSettings,
     PretrainSettings,
     REINFORCESettings,
     Task,
@@ -81,6 +96,7 @@ __all__ = [
     "GRPOSettings",
     "LMSettings",
     "ModelSettings",
+    "PPOSettings",
     "PairBatches",
     "PretrainSettings",
     "PromptBatches",
@@ -94,9 +110,12 @@ __all__ = [
     "make_task",
     "policy_provider",
     "preference_accuracy_fn",
+    "ppo_config",
     "preference_pairs",
     "pretrain",
     "run_dpo",
     "run_grpo",
+    "run_ppo",
     "run_reinforce",
+    "with_value_head",
 ]

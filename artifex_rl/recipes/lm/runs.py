@@ -1,4 +1,4 @@
-"""The three language-model recipes: ``lm-grpo``, ``lm-dpo`` and ``lm-reinforce`` (see the package docstring)."""
+"""The language-model recipes: ``lm-grpo``, ``lm-ppo``, ``lm-dpo`` and ``lm-reinforce`` (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ from artifex_rl.recipes.lm.settings import (
     DPOSettings,
     GRPOSettings,
     LMSettings,
+    PPOSettings,
     REINFORCESettings,
     Task,
+    build_model,
     make_task,
 )
 from artifex_rl.rl import (
@@ -41,6 +43,8 @@ from artifex_rl.rl import (
     DPOTrainer,
     GRPOConfig,
     GRPOTrainer,
+    PPOConfig,
+    PPOTrainer,
     REINFORCEConfig,
     REINFORCETrainer,
 )
@@ -141,6 +145,54 @@ def run_grpo(args: Namespace, grpo: GRPOSettings | None = None) -> dict[str, Any
     trainer = GRPOTrainer(model, optax.adam(grpo.learning_rate), config, reward_fn=task.reward_fn)
     prompts = PromptBatches(task, grpo.num_prompts, grpo.steps, seed=args.seed + 1)
     trainer.fit(prompts, max_steps=grpo.steps, callbacks=callbacks)
+    return _finish(args, trainer, evaluator, clock, info, start, rl_start)
+
+
+def ppo_config(task: Task, s: PPOSettings, log_every: int, seed: int) -> PPOConfig:
+    """The recipe's token-PPO config for ``task`` (sampling settings from the task)."""
+    return PPOConfig(
+        gamma=s.gamma,
+        gae_lambda=s.gae_lambda,
+        clip_param=s.clip_param,
+        vf_coeff=s.vf_coeff,
+        entropy_coeff=s.entropy_coeff,
+        update_epochs=s.update_epochs,
+        num_minibatches=s.num_minibatches,
+        policy="tokens",
+        kl_coeff=s.kl_coeff,
+        max_new_tokens=task.answer_length,
+        temperature=s.temperature,
+        eos_id=task.tokenizer.eos_id,
+        pad_id=task.tokenizer.pad_id,
+        max_grad_norm=s.max_grad_norm,
+        log_every_n_steps=log_every,
+        seed=seed,
+    )
+
+
+def with_value_head(model: TransformerLM, task: Task, settings: LMSettings, seed: int) -> TransformerLM:
+    """The pre-trained ``model`` with a (zero-initialised) value head on its trunk."""
+    policy = build_model(task, settings.model, seed, value_head=True)
+    nnx.update(policy, nnx.state(model))
+    return policy
+
+
+def run_ppo(args: Namespace, ppo: PPOSettings | None = None) -> dict[str, Any]:
+    """``artifex-rl train lm-ppo``: online PPO with a value head from the pre-trained policy."""
+    start = time.perf_counter()
+    settings = _settings_from_args(args)
+    ppo = ppo or PPOSettings()
+    if getattr(args, "steps", None):
+        ppo = dataclasses.replace(ppo, steps=args.steps)
+    task, model, evaluator, info = _prepare(args, settings)
+    config = ppo_config(task, ppo, settings.log_every, args.seed)
+    run_config = {"recipe": args.recipe, **dataclasses.asdict(settings), "ppo": dataclasses.asdict(ppo)}
+    callbacks, clock = _callbacks(args, settings, task, run_config)
+    rl_start = time.perf_counter()
+    policy = with_value_head(model, task, settings, args.seed)
+    trainer = PPOTrainer(policy, optax.adam(ppo.learning_rate), config, reward_fn=task.reward_fn)
+    prompts = PromptBatches(task, ppo.num_prompts, ppo.steps, seed=args.seed + 1)
+    trainer.fit(prompts, max_steps=ppo.steps, callbacks=callbacks)
     return _finish(args, trainer, evaluator, clock, info, start, rl_start)
 
 

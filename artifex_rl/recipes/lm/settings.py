@@ -60,6 +60,26 @@ class GRPOSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PPOSettings:
+    """Online PPO on tokens: ``num_prompts`` completions per step, ``update_epochs x num_minibatches``
+    updates on them, KL-shaped rewards against the pre-trained policy (TRL's PPO defaults where they fit)."""
+
+    steps: int = 150
+    num_prompts: int = 512
+    learning_rate: float = 1e-3
+    kl_coeff: float = 0.04
+    clip_param: float = 0.2
+    vf_coeff: float = 0.1
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    update_epochs: int = 2
+    num_minibatches: int = 2
+    entropy_coeff: float = 0.0
+    temperature: float = 1.0
+    max_grad_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class DPOSettings:
     """Offline DPO (+ NLL on chosen) on pairs sampled from the pre-trained policy."""
 
@@ -111,8 +131,8 @@ def make_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}") from None
 
 
-def build_model(task: Task, settings: ModelSettings, seed: int) -> TransformerLM:
-    """A fresh policy sized for ``task`` (prompt + answer fit in ``max_len``)."""
+def build_model(task: Task, settings: ModelSettings, seed: int, *, value_head: bool = False) -> TransformerLM:
+    """A fresh policy sized for ``task`` (prompt + answer fit in ``max_len``); ``value_head`` for PPO."""
     return TransformerLM(
         task.tokenizer.vocab_size,
         task.prompt_length + task.answer_length,
@@ -120,5 +140,6 @@ def build_model(task: Task, settings: ModelSettings, seed: int) -> TransformerLM
         num_layers=settings.num_layers,
         num_heads=settings.num_heads,
         mlp_ratio=settings.mlp_ratio,
+        value_head=value_head,
         rngs=nnx.Rngs(seed),
     )
