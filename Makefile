@@ -36,7 +36,7 @@ lint: $(STAMP)
 
 # `make bench`: every benchmark in bench/ (about an hour on 2 CPU cores; BENCH_ARGS=--quick for minutes),
 # tables in bench/results/report.md. The peer libraries live in bench-only venvs, never in ours:
-# avitai-artifex pulls TensorFlow, rejax wants gymnax<1.0.
+# avitai-artifex pulls TensorFlow, rejax wants gymnax<1.0, TRL torch.
 BENCH_ENVS := .bench-envs
 BENCH_ARGS ?=
 
@@ -52,7 +52,15 @@ $(BENCH_ENVS)/rejax/.installed:
 	$(BENCH_ENVS)/rejax/bin/pip install --quiet "rejax==0.1.3" "gymnax<1.0"
 	touch $@
 
-bench-envs: $(BENCH_ENVS)/artifex/.installed $(BENCH_ENVS)/rejax/.installed
+# TRL on torch's CPU wheels (the default torch wheel pulls CUDA).
+$(BENCH_ENVS)/trl/.installed:
+	$(PYTHON) -m venv $(BENCH_ENVS)/trl
+	$(BENCH_ENVS)/trl/bin/pip install --quiet --upgrade pip
+	$(BENCH_ENVS)/trl/bin/pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
+	$(BENCH_ENVS)/trl/bin/pip install --quiet trl transformers
+	touch $@
+
+bench-envs: $(BENCH_ENVS)/artifex/.installed $(BENCH_ENVS)/rejax/.installed $(BENCH_ENVS)/trl/.installed
 
 bench: $(STAMP) bench-envs
 	$(PY) bench/run_all.py $(BENCH_ARGS)
