@@ -17,30 +17,23 @@ import json
 import os
 import time
 
-import jax
 import optax
 
-from artifex_rl.events import Callback
 from artifex_rl.recipes import lm
+from artifex_rl.recipes.lm.evaluation import RunClock
 from artifex_rl.rl import GRPOTrainer, PPOTrainer
 
 
-class WallClock(Callback):
-    """Records ``(seconds since fit began, step, logged mean_reward)`` at every log; stops at the budget."""
+class WallClock(RunClock):
+    """The recipes' RunClock, plus ``(seconds since fit began, step, logged mean_reward)`` at every log;
+    stops at the budget."""
 
     def __init__(self, budget: float):
-        self.budget, self.rows, self.start = budget, [], 0.0
-        self.compile_seconds: float | None = None
-
-    def on_train_begin(self, trainer) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, metrics, step) -> None:
-        if self.compile_seconds is None:
-            jax.block_until_ready(metrics)  # one sync, on the first step only
-            self.compile_seconds = time.perf_counter() - self.start
+        super().__init__()
+        self.budget, self.rows = budget, []
 
     def on_log(self, trainer, metrics, step) -> None:  # metrics are host floats here: synced
+        super().on_log(trainer, metrics, step)
         elapsed = time.perf_counter() - self.start
         self.rows.append({"seconds": elapsed, "step": step, "mean_reward": float(metrics["mean_reward"])})
         if elapsed > self.budget:
