@@ -1,5 +1,9 @@
 """The generation layer: sampled completions, the sampler protocol, and "sample, then score".
 
+Long because the sampler contract, its checks and the two scoring paths (the
+sampler's own log-probs and the trainer's recomputed ones) must stay in one
+place that GRPO, token PPO and the LM recipes all share.
+
 Every piece of code that samples completions from a language-model policy and
 rewards them (GRPO's online step, the LM recipes' evaluator, completion source
 and preference pairs) goes through :func:`sample_and_score`; a trainer scores
