@@ -12,7 +12,7 @@
    trunk costs one ``d_model -> 1`` layer.
 2. **GRPO step time** (``train_step`` on a fixed batch, median of repeats)
    against the batch size at length 32 and against the length at batch 64,
-   with a plot (``docs/images/lm_step_scaling.png``): linear in the batch;
+   with a plot (``bench/results/lm_step_scaling.png``; the docs show a copy): linear in the batch;
    in the length, linear while the dense layers dominate, then bending
    towards quadratic where attention's ``T x T`` scores take over.
 
@@ -109,7 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="lengths up to 128, fewer repeats")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--plot", default=os.path.join(HERE, "..", "docs", "images", "lm_step_scaling.png"))
+    parser.add_argument("--plot", default=os.path.join(HERE, "results", "lm_step_scaling.png"),
+                        help="where to draw the plot (docs/images/lm_step_scaling.png is the documented one)")
     args = parser.parse_args()
     lengths = (32, 64, 128) if args.quick else (32, 64, 128, 256, 512)
     repeats = 2 if args.quick else args.repeats
