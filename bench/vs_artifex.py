@@ -60,7 +60,7 @@ from _anchor_lm import (  # noqa: E402
 )
 from _results import markdown_table, save  # noqa: E402
 from flax import nnx  # noqa: E402
-from floors import make_floor  # noqa: E402
+from floors import make_floor, make_ours  # noqa: E402
 
 # ------------------------------------------------------------------ theirs
 
@@ -113,32 +113,10 @@ def theirs(algo: str, model, ref, d):
 
 
 def ours(algo: str, model, d, ref_log_probs=None):
-    from artifex_rl.rl import (
-        DPOConfig,
-        DPOTrainer,
-        GRPOConfig,
-        GRPOTrainer,
-        REINFORCEConfig,
-        REINFORCETrainer,
-    )
-
-    seqs = jnp.asarray(d["sequences"])
-    prompts, completions = seqs[:, :PROMPT], seqs[:, PROMPT:]
-    common = dict(log_every_n_steps=10_000)
-    if algo == "REINFORCE":
-        trainer = REINFORCETrainer(model, optax.adam(LR), REINFORCEConfig(entropy_coeff=ENTROPY, policy="tokens",
-                                                                         **common))
-        batch = {"observations": prompts, "actions": completions, "rewards": jnp.asarray(d["rewards"])}
-    elif algo == "GRPO":
-        trainer = GRPOTrainer(model, optax.adam(LR), GRPOConfig(num_generations=GROUP, clip_param=CLIP,
-                                                                beta=BETA_GRPO, entropy_coeff=ENTROPY, **common))
-        batch = {"observations": prompts, "actions": completions, "rewards": jnp.asarray(d["rewards"]),
-                 "log_probs": completion_log_probs(model, seqs), "group_size": GROUP}
-    else:
-        trainer = DPOTrainer(model, optax.adam(LR), DPOConfig(beta=BETA_DPO, **common))
-        batch = {"observations": prompts, "chosen": completions, "rejected": jnp.asarray(d["rejected"])[:, PROMPT:]}
-        if ref_log_probs is not None:
-            batch |= {"ref_chosen_log_probs": ref_log_probs[0], "ref_rejected_log_probs": ref_log_probs[1]}
+    """Our trainer and batch (``bench/floors.py``'s ``make_ours``, defaults) and its step / fit callables."""
+    trainer, batch = make_ours(algo, model, d)
+    if ref_log_probs is not None:  # DPO with the reference scored once, outside the step
+        batch = batch | {"ref_chosen_log_probs": ref_log_probs[0], "ref_rejected_log_probs": ref_log_probs[1]}
 
     def step():
         return trainer.train_step(batch)
