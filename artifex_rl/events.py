@@ -61,6 +61,28 @@ class Callback:
     #: selection) or read the model when they log.
     log_may_lag: bool = False
 
+    def next_boundary_step(self, trainer: Trainer, step: int) -> int | None:
+        """The first step after ``step`` at which this callback needs a compiled call to end.
+
+        ``fit`` runs up to ``steps_per_execution`` steps per call and calls
+        :meth:`on_train_batch_end` for each of them afterwards, when the state
+        is the chunk's last. A callback that reads or saves the state after
+        particular steps (a checkpoint every N steps) returns the next of
+        them here, so a chunk ends there. ``None`` (the default): no such step.
+        """
+        return None
+
+    @property
+    def waits_for_logs(self) -> bool:
+        """Whether ``fit`` must deliver each interval's metrics before it queues the next call.
+
+        True unless :attr:`log_may_lag`. A callback that acts without reading
+        logged metrics (a checkpoint without a ``monitor``) overrides it to
+        ``False`` while keeping ``log_may_lag = False``, so its own failures
+        still stop the run instead of being reported and switched off.
+        """
+        return not self.log_may_lag
+
     #: ``True`` for a callback that writes files or prints for the whole run (a
     #: logger, a progress bar): in a multi-process run only process 0 keeps it.
     #: Checkpointing is not one of them (every process takes part in an orbax save).

@@ -150,6 +150,8 @@ class Trainer:
         self.should_stop = False
         self.fitting = False
         self.lag_logs = False
+        #: The last step of the intervals whose ``on_log`` calls are being made now.
+        self.logged_through_step = 0
         self.dataloader: Iterable[Batch] | None = None
         self.last_outputs: dict[str, Array] = {}
         self.metrics = MetricAggregator(self.ratio_metrics, raise_on_skipped=config.nan_policy == "raise")
@@ -467,7 +469,7 @@ class Trainer:
                 print(self.sharding_summary(), flush=True)
         loop = FitLoop(self, dataloader, max_steps, max_epochs)
         self.fitting = True
-        self.lag_logs = all(cb.log_may_lag for cb in self.callbacks)
+        self.lag_logs = not any(cb.waits_for_logs for cb in self.callbacks)
         try:
             loop.run()
         except BaseException as exc:
@@ -504,22 +506,24 @@ class Trainer:
         return None if self.placement is None else self.placement.mesh
 
     def emit_log(self, *, force: bool = False, dispatch: bool = True) -> None:
-        """Read the closed interval's means (if any) and dispatch ``on_log``.
+        """Read the closed intervals' means (if any), oldest first, and dispatch ``on_log`` for each.
 
         ``force`` first closes the open interval (at the end of ``fit``).
         """
         if force:
             self.metrics.close_interval(self.global_step)
-        taken = self.metrics.take_pending()
-        if taken is None:
-            return
-        means, step = taken
-        # One dict for all callbacks, in order: a callback may add entries
-        # (e.g. throughput) that the loggers after it record.
-        self.callback_metrics = means
-        self._last_logged = (step, means)
-        if dispatch:
-            self.callbacks.dispatch("on_log", self, means, step)
+        pending = self.metrics.pending_steps
+        if pending:
+            # One call's intervals are read together; a rate meter wants the last of them.
+            self.logged_through_step = pending[-1]
+        while (taken := self.metrics.take_pending()) is not None:
+            means, step = taken
+            # One dict for all callbacks, in order: a callback may add entries
+            # (e.g. throughput) that the loggers after it record.
+            self.callback_metrics = means
+            self._last_logged = (step, means)
+            if dispatch:
+                self.callbacks.dispatch("on_log", self, means, step)
 
     def logged_metrics_at(self, step: int) -> dict[str, float] | None:
         """The interval means logged at ``step`` by a hand-written loop, else ``None``."""

@@ -392,8 +392,24 @@ def test_killed_writer_leaves_earlier_checkpoints_intact_and_resume_works(tmp_pa
     assert is_complete_checkpoint(ckpt_dir / f"step_{last_step + 4:08d}")
 
 
-def test_a_checkpoint_interval_that_fused_chunks_cannot_hit_is_warned_about(tmp_path):
-    trainer = make_regression_trainer(log_every_n_steps=4, steps_per_execution=4)
-    checkpoint = ModelCheckpoint(CheckpointConfig(str(tmp_path), every_n_train_steps=6))
-    with pytest.warns(UserWarning, match=r"every_n_train_steps=6\) with steps_per_execution=4"):
-        trainer.fit(regression_batches(4), max_steps=8, max_epochs=None, callbacks=[checkpoint])
+def test_fused_calls_end_on_every_checkpoint_step(tmp_path):
+    # Saves every 6 steps with 4 steps per call: calls end at 4, 6, 8, 12, ... so
+    # each checkpoint holds the state after exactly its step, as with one step per call.
+    data = regression_batches(4)
+    checkpoint = ModelCheckpoint(CheckpointConfig(str(tmp_path / "fused"), every_n_train_steps=6, save_top_k=-1))
+    fused = make_regression_trainer(seed=3, log_every_n_steps=4, steps_per_execution=4)
+    fused.fit(data, max_steps=13, max_epochs=None, callbacks=[checkpoint])
+    saved = sorted(e["step"] for e in checkpoint.state_dict()["checkpoints"])
+    assert saved == [6, 12, 13]
+    sequential = make_regression_trainer(seed=3, log_every_n_steps=4)
+    sequential.fit(data, max_steps=6, max_epochs=None)
+    restored = make_regression_trainer(seed=3, log_every_n_steps=4, steps_per_execution=4)
+    restored.fit(data, max_steps=6, max_epochs=None,
+                 callbacks=[ModelCheckpoint(CheckpointConfig(str(tmp_path / "fused")))],
+                 ckpt_path=str(tmp_path / "fused" / "step_00000006"))
+    assert restored.global_step == 6
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        restored.train_state["params"],
+        sequential.train_state["params"],
+    )

@@ -112,6 +112,33 @@ def test_fused_fit_equals_the_sequential_fit_with_one_compile():
     assert fused.trace_count == 1 and fused_source.trace_count == traces_before
 
 
+class LaggingRecord(Record):
+    """A pure logger: fit may run one call across several logging steps."""
+
+    log_may_lag = True
+
+
+def test_a_call_spanning_logging_steps_logs_each_interval_as_the_sequential_fit():
+    # log every 5 with 8 per call and only pure loggers: calls of 8, 3 (max_steps 11),
+    # each closing the intervals at 5 and 10 inside it.
+    runs = {}
+    for k, recorder in ((1, Record), (8, LaggingRecord)):
+        trainer, source = make(k)
+        record = recorder()
+        trainer.fit(source, max_steps=11, max_epochs=None, callbacks=[record])
+        runs[k] = (trainer, record)
+    (seq, seq_rec), (fused, fused_rec) = runs[1], runs[8]
+    assert fused.global_step == seq.global_step == 11
+    assert_trees_close(fused.train_state["params"], seq.train_state["params"])
+    assert [s for s, _ in fused_rec.logs] == [s for s, _ in seq_rec.logs] == [5, 10, 11]
+    for (_, got), (_, want) in zip(fused_rec.logs, seq_rec.logs, strict=True):
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert [s for s, _ in fused_rec.ends] == list(range(11))
+    np.testing.assert_allclose([x for _, x in fused_rec.ends], [x for _, x in seq_rec.ends], rtol=1e-4, atol=1e-6)
+
+
 def test_fused_fit_respects_the_source_epoch_length():
     seq, seq_source = make(1, iterations_per_epoch=4)
     fused, fused_source = make(3, iterations_per_epoch=4)

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +114,12 @@ class ModelCheckpoint(Callback):
 
     runs_last = True
 
+    @property
+    def waits_for_logs(self) -> bool:
+        # Only a monitored metric is read from the logs; without one, fit may
+        # keep logging one call behind (pending intervals are saved too).
+        return self.config.monitor is not None
+
     def __init__(self, config: CheckpointConfig):
         if not isinstance(config, CheckpointConfig):
             raise TypeError(f"ModelCheckpoint expects a CheckpointConfig, got {type(config).__name__}")
@@ -175,16 +180,12 @@ class ModelCheckpoint(Callback):
     # ------------------------------------------------------------------ #
     # Hooks
     # ------------------------------------------------------------------ #
+    def next_boundary_step(self, trainer: Trainer, step: int) -> int | None:
+        # Fused steps run their hooks at the chunk's end: a chunk ends on every save step.
+        every = self.config.every_n_train_steps
+        return (step // every + 1) * every if every else None
+
     def on_train_begin(self, trainer: Trainer) -> None:
-        every, per_call = self.config.every_n_train_steps, trainer.config.steps_per_execution
-        if every and per_call > 1 and every % per_call:
-            # Fused steps run their hooks at the chunk's end: only chunk ends are savable.
-            warnings.warn(
-                f"ModelCheckpoint(every_n_train_steps={every}) with steps_per_execution={per_call}: "
-                f"checkpoints are written only where a chunk of {per_call} steps ends on a multiple "
-                f"of {every}; use a multiple of {per_call}",
-                stacklevel=2,
-            )
         os.makedirs(self.dirpath, exist_ok=True)
         # Leftovers of a writer killed mid-save; never read, safe to drop.
         for tmp in [] if _follower() else glob.glob(os.path.join(self.dirpath, "step_*.orbax-checkpoint-tmp*")):

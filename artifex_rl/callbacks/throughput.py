@@ -28,17 +28,25 @@ class Throughput(Callback):
         self.name = name
         self._last_time: float | None = None
         self._last_step = 0
+        self._rate: float | None = None
 
     def on_train_begin(self, trainer) -> None:
         self._last_time = time.perf_counter()
         self._last_step = trainer.global_step
+        self._rate: float | None = None
 
     def on_log(self, trainer, metrics: MutableMapping[str, float], step: int) -> None:
         now = time.perf_counter()
         if self._last_time is None:  # hand-written loop without on_train_begin
-            self._last_time, self._last_step = now, step
-        elapsed = now - self._last_time
+            self._last_time, self._last_step, self._rate = now, step, None
+        # Logs of one compiled call that spans several intervals arrive together:
+        # the rate is that of the whole call (up to the last step read now).
+        through = max(step, getattr(trainer, "logged_through_step", step) or step)
+        if through > self._last_step:
+            elapsed = now - self._last_time
+            if elapsed > 0:
+                self._rate = (through - self._last_step) * self.samples_per_step / elapsed
+            self._last_time, self._last_step = now, through
         metrics[self.name] = float(step * self.samples_per_step)
-        if elapsed > 0 and step > self._last_step:
-            metrics["sps"] = (step - self._last_step) * self.samples_per_step / elapsed
-        self._last_time, self._last_step = now, step
+        if self._rate is not None:
+            metrics["sps"] = self._rate

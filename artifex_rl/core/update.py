@@ -316,9 +316,10 @@ def make_step_fn(
                 params, model_state, opt_state, minibatch, rngs.sub(epoch_key, index)
             )
             go_on = algorithm.continue_updates(metrics) if algorithm.continue_updates else None
-            if go_on is not None:
-                stop_rule_used.append(True)
-            applied = active if go_on is None else active & go_on
+            if go_on is None:  # no stop rule: every update applies, nothing to select
+                return (new_params, new_ms, new_opt, active), (metrics, active)
+            stop_rule_used.append(True)
+            applied = active & go_on
             # An update whose metrics cross the stop rule is not applied (Spinning Up's
             # early stop); neither are the ones after it.
             keep = jax.tree.map(

@@ -12,8 +12,13 @@ intervals and dispatches the hooks in Lightning's order::
     on_train_end            (or on_exception, then the error is re-raised)
 
 A chunk is 1 step, or up to ``steps_per_execution`` steps in one compiled
-call; a chunk ends at a logging step, at ``max_steps`` and at the epoch's
-end, so logging and stopping land on the same steps whatever K is.
+call; a chunk ends at ``max_steps``, at the epoch's end and at any step a
+callback asks for (:meth:`Callback.next_boundary_step`: a checkpoint's save
+steps), so stopping and saving land on the same steps whatever K is. A chunk
+also ends at a logging step unless every callback lets logs lag
+(:attr:`Callback.waits_for_logs` is False for all): then one call may span
+several logging intervals, each still logged with its own steps' means, once
+the next call is queued.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from artifex_rl.device_source import is_device_batch_source
+from artifex_rl.events import Callback
 
 if TYPE_CHECKING:
     from artifex_rl.trainer import Trainer
@@ -94,6 +100,11 @@ class FitLoop:
         self.max_epochs = max_epochs
         self.fuse_source = self._can_fuse_source(dataloader)
         self.signals = _SignalCatcher()
+        # Callbacks that need the state right after particular steps (see chunk_size).
+        self.boundaries = [
+            cb.next_boundary_step for cb in trainer.callbacks
+            if type(cb).next_boundary_step is not Callback.next_boundary_step
+        ]
         k = trainer.config.steps_per_execution
         if k > 1 and not self.fuse_source and getattr(dataloader, "depends_on_policy", False):
             raise ValueError(
@@ -160,12 +171,19 @@ class FitLoop:
     def chunk_size(self, epoch_length: int | None = None) -> int:
         """Steps in the next call: it ends at a logging step, ``max_steps`` and the epoch's end."""
         t = self.trainer
-        log_every = t.config.log_every_n_steps
-        size = min(t.config.steps_per_execution, log_every - t.global_step % log_every)
+        step = t.global_step
+        size = t.config.steps_per_execution
+        if not t.lag_logs:  # some callback acts on each interval's metrics before the next call
+            log_every = t.config.log_every_n_steps
+            size = min(size, log_every - step % log_every)
         if self.max_steps is not None:
-            size = min(size, self.max_steps - t.global_step)
+            size = min(size, self.max_steps - step)
         if epoch_length is not None:
             size = min(size, epoch_length - t.batches_seen_in_epoch)
+        for boundary in self.boundaries:
+            target = boundary(t, step)
+            if target is not None and target > step:
+                size = min(size, target - step)
         return size
 
     def _run_loader_epoch(self) -> bool:
@@ -224,9 +242,17 @@ class FitLoop:
         t = self.trainer
         t.batches_seen_in_epoch += size
         if t.metrics.has_pending:
-            t.emit_log()  # the previous interval's (lagged), now that this call is queued
-        t.metrics.add(metrics)
-        if t.global_step % t.config.log_every_n_steps == 0:
+            t.emit_log()  # the previous intervals' (lagged), now that this call is queued
+        log_every = t.config.log_every_n_steps
+        # Logging steps strictly inside a chunk (only when logs may lag) close their intervals here.
+        inside = range(first + log_every - first % log_every, t.global_step, log_every) if stacked else ()
+        start = 0
+        for end_step in inside:
+            t.metrics.add(metrics, rows=(start, end_step - first))
+            t.metrics.close_interval(end_step)
+            start = end_step - first
+        t.metrics.add(metrics, rows=None if start == 0 else (start, size))
+        if t.global_step % log_every == 0:
             t.metrics.close_interval(t.global_step)
             if not t.lag_logs:
                 t.emit_log()

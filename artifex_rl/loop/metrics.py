@@ -22,75 +22,105 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
 
 @jax.jit
-def _sums_and_counts(entries: list[dict[str, Array]]) -> dict[str, tuple[Array, Array]]:
+def _sums_and_counts(entries: list[dict[str, Array]], masks: list[Array | None]) -> dict[str, tuple[Array, Array]]:
+    """Each key's ``(sum, count)`` over the entries' rows selected by their masks (``None``: all rows)."""
     keys: dict[str, None] = {}
     for entry in entries:
         keys.update(dict.fromkeys(entry))
     out = {}
     for key in keys:
-        values = [jnp.ravel(jnp.asarray(e[key], jnp.float32)) for e in entries if key in e]
-        flat = jnp.concatenate(values)
-        out[key] = (jnp.sum(flat), jnp.asarray(flat.shape[0], jnp.float32))
+        total = jnp.zeros((), jnp.float32)
+        count = jnp.zeros((), jnp.float32)
+        for entry, mask in zip(entries, masks, strict=True):
+            if key not in entry:
+                continue
+            x = jnp.asarray(entry[key], jnp.float32)
+            if mask is None:
+                total, count = total + jnp.sum(x), count + x.size
+            else:  # (K,) rows of a fused call; where, not multiply: a NaN row outside stays out
+                rows = jnp.reshape(mask, mask.shape + (1,) * (x.ndim - 1))
+                total = total + jnp.sum(jnp.where(rows, x, 0.0))
+                count = count + jnp.sum(mask) * (x.size // max(x.shape[0], 1))
+        out[key] = (total, count)
     return out
 
 
 class MetricAggregator:
-    """Buffers device metrics for one logging interval and reduces them on demand.
+    """Buffers device metrics for logging intervals and reduces them on demand.
 
     Args:
       ratio_metrics: ``{name: (total_key, count_key)}`` logged as the ratio of
         the two keys' interval sums, omitted when the count is 0.
+
+    A fused call's ``(K,)`` rows may span several intervals (``add(metrics,
+    rows=...)`` takes a row range); closed intervals queue until read, oldest
+    first, so ``fit`` can read them once the next call is queued.
     """
 
     def __init__(self, ratio_metrics: Mapping[str, tuple[str, str]] | None = None, raise_on_skipped: bool = False):
         self.ratio_metrics = dict(ratio_metrics or {})
         self.raise_on_skipped = raise_on_skipped
-        self._entries: list[dict[str, Array]] = []
+        self._entries: list[tuple[dict[str, Array], tuple[int, int] | None]] = []
         self._carried: dict[str, tuple[float, float]] = {}
-        # A finished interval's device means and its step, read once the next call is queued.
-        self._pending: tuple[dict[str, tuple[Array, Array]], int] | None = None
+        # Finished intervals: (device sums, step, their entries), read once the next call is queued.
+        self._pending: list[tuple[dict[str, tuple[Array, Array]], int, list]] = []
 
-    def add(self, metrics: Mapping[str, Array]) -> None:
-        """One step's scalars, or ``(K,)`` rows of K fused steps (all rows valid)."""
-        self._entries.append(metrics)
+    def add(self, metrics: Mapping[str, Array], rows: tuple[int, int] | None = None) -> None:
+        """One step's scalars, or ``(K,)`` rows of K fused steps: all of them, or ``rows=(start, stop)``."""
+        self._entries.append((metrics, rows))
 
     @property
     def has_pending(self) -> bool:
         """Whether a closed interval waits to be read."""
-        return self._pending is not None
+        return bool(self._pending)
+
+    @property
+    def pending_steps(self) -> list[int]:
+        """The steps of the closed intervals waiting to be read, oldest first."""
+        return [step for _, step, _ in self._pending]
 
     @property
     def empty(self) -> bool:
         return not self._entries and not self._carried
+
+    @staticmethod
+    def _reduce(entries: list[tuple[dict[str, Array], tuple[int, int] | None]]) -> dict[str, tuple[Array, Array]]:
+        masks = []
+        for metrics, rows in entries:
+            if rows is None:
+                masks.append(None)
+            else:  # a host mask: one compiled reduction serves every row range
+                index = np.arange(next(iter(jax.tree.leaves(metrics))).shape[0])
+                masks.append((index >= rows[0]) & (index < rows[1]))
+        return dict(_sums_and_counts([m for m, _ in entries], masks))
 
     def close_interval(self, step: int) -> None:
         """End the interval at ``step``: dispatch its reduction (not waited for)."""
         if self.empty:
             return
         entries, self._entries = self._entries, []
-        self._closed_entries = entries  # kept until read: a skipped step is located in them
-        sums = _sums_and_counts(entries) if entries else {}
+        sums = self._reduce(entries) if entries else {}
         for key, (s, c) in self._carried.items():
             if key in sums:
                 sums[key] = (sums[key][0] + s, sums[key][1] + c)
             else:
                 sums[key] = (jnp.asarray(s, jnp.float32), jnp.asarray(c, jnp.float32))
         self._carried = {}
-        self._pending = (sums, step)
+        # The entries are kept until read: a skipped step is located in them.
+        self._pending.append((sums, step, entries))
 
     def take_pending(self) -> tuple[dict[str, float], int] | None:
-        """The closed interval's host means and step (waits for the device), or ``None``."""
-        if self._pending is None:
+        """The oldest closed interval's host means and step (waits for the device), or ``None``."""
+        if not self._pending:
             return None
-        sums, step = self._pending
-        self._pending = None
+        sums, step, entries = self._pending.pop(0)
         host = jax.device_get(sums)
-        entries, self._closed_entries = getattr(self, "_closed_entries", []), []
         if self.raise_on_skipped and "skipped_step" in host and float(host["skipped_step"][0]) > 0:
             raise _nonfinite_error(entries, step)
         return self._means(host), step
@@ -104,16 +134,16 @@ class MetricAggregator:
 
     # ------------------------------------------------------------------ #
     def state_dict(self) -> dict[str, Any]:
-        """Host ``{"open": {key: [sum, count]}, "closed": [means, step] | None}`` (JSON)."""
+        """Host ``{"open": {key: [sum, count]}, "closed": [{"sums", "step"}, ...]}`` (JSON)."""
         open_sums = {k: [float(s), float(c)] for k, (s, c) in jax.device_get(self._open_sums()).items()}
-        closed = None
-        if self._pending is not None:
-            sums, step = self._pending
-            closed = {"sums": {k: [float(s), float(c)] for k, (s, c) in jax.device_get(sums).items()}, "step": step}
+        closed = [
+            {"sums": {k: [float(s), float(c)] for k, (s, c) in jax.device_get(sums).items()}, "step": step}
+            for sums, step, _ in self._pending
+        ]
         return {"open": open_sums, "closed": closed}
 
     def _open_sums(self) -> dict[str, tuple[Any, Any]]:
-        sums: dict[str, tuple[Any, Any]] = dict(_sums_and_counts(self._entries)) if self._entries else {}
+        sums: dict[str, tuple[Any, Any]] = self._reduce(self._entries) if self._entries else {}
         for key, (s, c) in self._carried.items():
             prev = sums.get(key, (0.0, 0.0))
             sums[key] = (prev[0] + s, prev[1] + c)
@@ -122,23 +152,30 @@ class MetricAggregator:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._entries = []
         self._carried = {k: (float(s), float(c)) for k, (s, c) in dict(state.get("open", {})).items()}
-        closed = state.get("closed")
-        self._pending = None
-        if closed:
-            sums = {k: (jnp.asarray(s, jnp.float32), jnp.asarray(c, jnp.float32)) for k, (s, c) in closed["sums"].items()}
-            self._pending = (sums, int(closed["step"]))
+        closed = state.get("closed") or []
+        if isinstance(closed, Mapping):  # checkpoints written before intervals queued: one interval
+            closed = [closed]
+        self._pending = [
+            (
+                {k: (jnp.asarray(s, jnp.float32), jnp.asarray(c, jnp.float32)) for k, (s, c) in c_["sums"].items()},
+                int(c_["step"]),
+                [],
+            )
+            for c_ in closed
+        ]
 
     def reset(self) -> None:
-        self._entries, self._carried, self._pending, self._closed_entries = [], {}, None, []
+        self._entries, self._carried, self._pending = [], {}, []
 
 
-def _nonfinite_error(entries: list[dict[str, Array]], last_step: int) -> FloatingPointError:
+def _nonfinite_error(entries: list[tuple[dict[str, Array], tuple[int, int] | None]], last_step: int) -> FloatingPointError:
     """A FloatingPointError naming the first skipped step of the interval and its first non-finite metric."""
     rows: list[dict[str, float]] = []
-    for entry in jax.device_get(entries):
-        n = max((jnp.size(v) for v in entry.values()), default=1)
-        for i in range(int(n)):
-            rows.append({k: float(jnp.ravel(jnp.asarray(v))[i if jnp.size(v) > 1 else 0]) for k, v in entry.items()})
+    for entry, span in jax.device_get(entries):
+        n = int(max((np.size(v) for v in entry.values()), default=1))
+        start, stop = span if span is not None else (0, n)
+        for i in range(start, stop):
+            rows.append({k: float(np.ravel(np.asarray(v))[i if np.size(v) > 1 else 0]) for k, v in entry.items()})
     for i, row in enumerate(rows):
         if row.get("skipped_step", 0.0) > 0:
             step = last_step - len(rows) + i + 1

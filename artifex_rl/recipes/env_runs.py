@@ -75,10 +75,12 @@ class EnvRunSettings:
 
 
 class CompileTimer(Callback):
-    """Times the first compiled call (compilation of rollout and update included).
+    """Times the first compiled call (compilation of rollout and update included) and the training.
 
     ``steps_at_compile`` is the global step after that call: with
     ``steps_per_execution > 1`` the first call runs several iterations.
+    ``train_end`` is when the last step finished, before the end-of-run work of
+    the callbacks after this one (the metrics plot, the last checkpoint).
     """
 
     log_may_lag = True  # never reads metrics
@@ -86,6 +88,7 @@ class CompileTimer(Callback):
     def __init__(self) -> None:
         self.compile_seconds = 0.0
         self.steps_at_compile = 0
+        self.train_end: float | None = None
         self._start = 0.0
 
     def on_train_batch_start(self, trainer, batch, step) -> None:
@@ -97,6 +100,10 @@ class CompileTimer(Callback):
             jax.block_until_ready(trainer.train_state)  # one sync, on the first call only
             self.compile_seconds = time.perf_counter() - self._start
             self.steps_at_compile = trainer.global_step
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        jax.block_until_ready(trainer.train_state)
+        self.train_end = time.perf_counter()
 
 
 class LastLogged(Callback):
@@ -185,8 +192,10 @@ def train(
 ) -> dict[str, Any]:
     """Fit ``settings.iterations`` iterations and return the run summary.
 
-    ``sps`` is environment steps per second *after* the first compiled call
-    (which compiles and runs ``steps_per_execution`` iterations); when every
+    ``sps`` is environment steps per second from the end of the first compiled
+    call (which compiles and runs ``steps_per_execution`` iterations) to the end
+    of the last step (``wall_seconds`` also counts the end-of-run plot and
+    checkpoint, about a second, in ``end_of_run_seconds``); when every
     iteration ran inside that call there is no such figure, so ``sps`` is
     ``None`` and ``sps_unavailable`` says why.
     """
@@ -196,7 +205,9 @@ def train(
     start = time.perf_counter()
     trainer.fit(source, max_steps=settings.iterations, max_epochs=None, callbacks=callbacks)
     jax.block_until_ready(trainer.train_state)
-    wall = time.perf_counter() - start
+    end = time.perf_counter()
+    wall = end - start
+    train_seconds = (timer.train_end or end) - start
     total_steps = trainer.global_step * settings.steps_per_iteration
     measured_steps = total_steps - timer.steps_at_compile * settings.steps_per_iteration
     summary: dict[str, Any] = {
@@ -206,11 +217,12 @@ def train(
         "final_episode_return_step": last_return.step,
         "total_env_steps": total_steps,
         "wall_seconds": wall,
+        "end_of_run_seconds": wall - train_seconds,
         "compile_seconds": timer.compile_seconds,
         "iterations": trainer.global_step,
     }
     if measured_steps > 0:
-        summary["sps"] = measured_steps / max(wall - timer.compile_seconds, 1e-9)
+        summary["sps"] = measured_steps / max(train_seconds - timer.compile_seconds, 1e-9)
     else:
         summary["sps"] = None
         summary["sps_unavailable"] = (
