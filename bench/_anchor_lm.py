@@ -30,6 +30,20 @@ class AnchorLM(nnx.Module):
         return self.out(jax.nn.relu(self.hidden(h)))
 
 
+class AnchorValueLM(AnchorLM):
+    """The anchor LM with a value head (PPO): ``tokens (B, T) -> (logits (B, T, V), values (B, T))``."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        super().__init__(rngs)
+        self.value = nnx.Linear(WIDTH, 1, rngs=rngs)
+
+    def __call__(self, tokens):
+        h = self.embed(tokens)
+        h = jnp.cumsum(h, axis=1) / jnp.arange(1, tokens.shape[1] + 1)[None, :, None]
+        h = jax.nn.relu(self.hidden(h))
+        return self.out(h), self.value(h)[..., 0]
+
+
 def data(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     seqs = rng.integers(0, VOCAB, (BATCH, SEQ))
@@ -45,6 +59,13 @@ def data(seed: int = 0) -> dict[str, np.ndarray]:
 
 def completion_log_probs(model, seqs) -> jax.Array:
     """Per-token log-probs of the completion tokens ``(B, SEQ - PROMPT)`` under ``model``."""
-    logp = jax.nn.log_softmax(model(seqs)[:, :-1], -1)
+    logits = model(seqs)
+    logits = logits[0] if isinstance(logits, tuple) else logits  # a value-head LM
+    logp = jax.nn.log_softmax(logits[:, :-1], -1)
     tok = jnp.take_along_axis(logp, seqs[:, 1:, None], -1)[..., 0]
     return tok[:, PROMPT - 1:]
+
+
+def completion_values(model, seqs) -> jax.Array:
+    """The value head's ``V`` of the state before each completion token ``(B, SEQ - PROMPT)``."""
+    return model(seqs)[1][:, PROMPT - 1:-1]

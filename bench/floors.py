@@ -41,6 +41,7 @@ from _anchor_lm import (  # noqa: E402
     PROMPT,
     AnchorLM,
     completion_log_probs,
+    completion_values,
     data,
 )
 from _results import markdown_table, save  # noqa: E402
@@ -51,6 +52,8 @@ from artifex_rl.rl import (  # noqa: E402
     DPOTrainer,
     GRPOConfig,
     GRPOTrainer,
+    PPOConfig,
+    PPOTrainer,
     REINFORCEConfig,
     REINFORCETrainer,
 )
@@ -126,6 +129,14 @@ def make_ours(algo: str, model, d, **config):
                                                                 beta=BETA_GRPO, entropy_coeff=ENTROPY, **config))
         batch = {"observations": prompts, "actions": completions, "rewards": rewards,
                  "log_probs": completion_log_probs(model, seqs), "group_size": GROUP}
+    elif algo == "PPO":
+        # One update on a given rollout (as their train_step): old log-probs and values given,
+        # no reference (kl_coeff 0); the shaped rewards, GAE and whitening run inside the step.
+        trainer = PPOTrainer(model, optax.adam(LR), PPOConfig(
+            policy="tokens", update_epochs=1, num_minibatches=1, kl_coeff=0.0, clip_param=CLIP,
+            entropy_coeff=ENTROPY, **config))
+        batch = {"observations": prompts, "actions": completions, "rewards": rewards,
+                 "log_probs": completion_log_probs(model, seqs), "values": completion_values(model, seqs)}
     else:
         trainer = DPOTrainer(model, optax.adam(LR), DPOConfig(beta=BETA_DPO, **config))
         batch = {"observations": prompts, "chosen": completions, "rejected": jnp.asarray(d["rejected"])[:, PROMPT:]}

@@ -10,7 +10,10 @@ same model, the same batch and the same hyper-parameters:
   tokens, the first 8 a prompt; groups of 4 for GRPO; Adam 1e-3;
   REINFORCE gamma 0.99 with normalised returns and entropy 0.01; GRPO clip
   0.2, beta 0.04 with a frozen reference, entropy 0.01; DPO beta 0.1 with a
-  frozen reference, 64 pairs.
+  frozen reference, 64 pairs; PPO (the model with a value head) one update on
+  a given rollout (old log-probs and values given, no reference), clip 0.2,
+  value 0.5, entropy 0.01, global-norm clip 0.5; their PPO takes token
+  advantages and returns precomputed, so it gets ours (GAE 0.99/0.95).
 * theirs as shipped: ``trainer.train_step(batch)`` (eager ``nnx.value_and_grad``
   and ``optimizer.update``); theirs jitted: the loss from
   ``trainer.create_loss_fn()`` with the gradient and the update under one
@@ -55,7 +58,9 @@ from _anchor_lm import (  # noqa: E402
     PROMPT,
     SEQ,
     AnchorLM,
+    AnchorValueLM,
     completion_log_probs,
+    completion_values,
     data,
 )
 from _results import markdown_table, save  # noqa: E402
@@ -67,7 +72,7 @@ from floors import make_floor, make_ours  # noqa: E402
 
 def theirs(algo: str, model, ref, d):
     from artifex.generative_models.training.rl import configs as c
-    from artifex.generative_models.training.rl import dpo, grpo, reinforce
+    from artifex.generative_models.training.rl import dpo, grpo, ppo, reinforce
     from artifex.generative_models.training.rl.types import (
         GeneratedSequenceBatch,
         GroupRolloutBatch,
@@ -89,6 +94,22 @@ def theirs(algo: str, model, ref, d):
             sequence_batch=GeneratedSequenceBatch.from_sequences(seqs, rewards=jnp.asarray(d["rewards"]),
                                                                  response_mask=mask),
             old_log_probs=old), group_size=GROUP)
+    elif algo == "PPO":
+        # Their PPO takes token advantages and returns already computed: give it ours (the shaped
+        # rewards, GAE and whitening of artifex_rl.rl.ppo_tokens at kl_coeff 0), placed on the
+        # (B, SEQ - 1) next-token grid.
+        from artifex_rl.rl.ppo_tokens import kl_shaped_rewards, masked_token_gae
+
+        trainer = ppo.PPOTrainer(model, opt, c.PPOConfig(clip_param=CLIP, entropy_coeff=ENTROPY))
+        old, values = completion_log_probs(model, seqs), completion_values(model, seqs)
+        done = jnp.ones_like(old)
+        adv = masked_token_gae(kl_shaped_rewards(jnp.asarray(d["rewards"]), old, old, done, 0.0), values, done,
+                               0.99, 0.95)
+        grid = lambda x: jnp.zeros((BATCH, SEQ - 1)).at[:, PROMPT - 1:].set(x)  # noqa: E731
+        batch = SequenceRolloutBatch(
+            sequence_batch=GeneratedSequenceBatch.from_sequences(seqs, rewards=jnp.asarray(d["rewards"]),
+                                                                 response_mask=mask),
+            old_log_probs=grid(old), returns=grid(adv + values), advantages=grid(adv))
     else:
         trainer = dpo.DPOTrainer(model, ref, opt, c.DPOConfig(beta=BETA_DPO))
         rej = jnp.asarray(d["rejected"]).at[:, :PROMPT].set(seqs[:, :PROMPT])
@@ -141,7 +162,7 @@ def timed(fn, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--algos", nargs="+", default=["REINFORCE", "GRPO", "DPO"])
+    parser.add_argument("--algos", nargs="+", default=["REINFORCE", "GRPO", "DPO", "PPO"])
     parser.add_argument("--steps", type=int, default=30, help="steps per timed round (shipped: a third)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
@@ -150,13 +171,13 @@ def main() -> None:
     d = data()
     rows, agree = [], []
     for algo in args.algos:
-        make = lambda s=0: AnchorLM(nnx.Rngs(s))  # noqa: E731
+        make = lambda s=0: (AnchorValueLM if algo == "PPO" else AnchorLM)(nnx.Rngs(s))  # noqa: E731
         shipped, jitted, their_loss = theirs(algo, make(), make(), d)
         step, fit, trainer, batch = ours(algo, make(), d)
         floor_batch = {"seqs": jnp.asarray(d["sequences"]), "rewards": jnp.asarray(d["rewards"]),
                        "rejected": jnp.asarray(d["rejected"]).at[:, :PROMPT].set(jnp.asarray(d["sequences"])[:, :PROMPT]),
                        "old": completion_log_probs(make(), jnp.asarray(d["sequences"]))}
-        floor = make_floor(algo, make(), floor_batch)
+        floor = make_floor(algo, make(), floor_batch) if algo != "PPO" else None  # no PPO floor yet
         # The two losses at the same initial parameters (ours: the first step's, taken before its update).
         agree.append({"algorithm": algo, "their loss": float(their_loss()), "our loss": float(step()["loss"])})
         fit(2)  # compile the fit path once
@@ -171,7 +192,8 @@ def main() -> None:
         for _ in range(args.rounds):
             times["theirs shipped"].append(timed(shipped, max(1, args.steps // 3)))
             times["theirs jitted"].append(timed(jitted, args.steps))
-            times["floor"].append(timed(floor, args.steps))
+            if floor is not None:
+                times["floor"].append(timed(floor, args.steps))
             times["ours train_step"].append(timed(step, args.steps))
             start = time.perf_counter()
             fit(args.steps)
@@ -183,7 +205,7 @@ def main() -> None:
                 jax.block_until_ready(pre_trainer.train_state)
                 times.setdefault("ours fit, reference precomputed", []).append(
                     (time.perf_counter() - start) / args.steps)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
         row = {"algorithm": algo, **{f"{k} steps/s": 1 / med[k] for k in times if "precomputed" not in k},
                "ours fit / theirs shipped": med["theirs shipped"] / med["ours fit"],
                "ours fit / theirs jitted": med["theirs jitted"] / med["ours fit"],
