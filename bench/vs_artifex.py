@@ -171,7 +171,8 @@ def main() -> None:
     d = data()
     rows, agree = [], []
     for algo in args.algos:
-        make = lambda s=0: (AnchorValueLM if algo == "PPO" else AnchorLM)(nnx.Rngs(s))  # noqa: E731
+        model_class = AnchorValueLM if algo == "PPO" else AnchorLM
+        make = lambda s=0, cls=model_class: cls(nnx.Rngs(s))  # noqa: E731
         shipped, jitted, their_loss = theirs(algo, make(), make(), d)
         step, fit, trainer, batch = ours(algo, make(), d)
         floor_batch = {"seqs": jnp.asarray(d["sequences"]), "rewards": jnp.asarray(d["rewards"]),
