@@ -169,7 +169,8 @@ class FitLoop:
             return None
 
     def chunk_size(self, epoch_length: int | None = None) -> int:
-        """Steps in the next call: it ends at a logging step, ``max_steps`` and the epoch's end."""
+        """Steps in the next call: it ends at ``max_steps``, the epoch's end, a callback's boundary step
+        and, unless logs may lag, at a logging step."""
         t = self.trainer
         step = t.global_step
         size = t.config.steps_per_execution
