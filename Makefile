@@ -60,7 +60,14 @@ $(BENCH_ENVS)/trl/.installed:
 	$(BENCH_ENVS)/trl/bin/pip install --quiet trl transformers
 	touch $@
 
-bench-envs: $(BENCH_ENVS)/artifex/.installed $(BENCH_ENVS)/rejax/.installed $(BENCH_ENVS)/trl/.installed
+$(BENCH_ENVS)/tunix/.installed:
+	$(PYTHON) -m venv $(BENCH_ENVS)/tunix
+	$(BENCH_ENVS)/tunix/bin/pip install --quiet --upgrade pip
+	$(BENCH_ENVS)/tunix/bin/pip install --quiet "google-tunix==0.1.7"
+	touch $@
+
+bench-envs: $(BENCH_ENVS)/artifex/.installed $(BENCH_ENVS)/rejax/.installed $(BENCH_ENVS)/trl/.installed \
+	$(BENCH_ENVS)/tunix/.installed
 
 bench: $(STAMP) bench-envs
 	$(PY) bench/run_all.py $(BENCH_ARGS)
