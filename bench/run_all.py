@@ -46,7 +46,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "cartpole_parts": (OURS, ["cartpole_parts.py", "--rejax-python", REJAX, "--rounds", "3"],
                        ["cartpole_parts.py", "--rejax-python", REJAX, "--rounds", "1"],
                        "a CartPole PPO iteration's rollout, update and whole, ours vs rejax, ms"),
-    "vs_tunix": (OURS, ["vs_tunix.py"], ["vs_tunix.py", "--rounds", "1", "--steps", "5"],
+    "vs_tunix": (OURS, ["vs_tunix.py", "--shapes"], ["vs_tunix.py", "--rounds", "1", "--steps", "5"],
                  "one GRPO update vs Tunix 0.1.7's grpo_loss_fn in its compiled step (its Llama3)"),
     "vs_artifex": (ARTIFEX, ["vs_artifex.py"], ["vs_artifex.py", "--steps", "10", "--rounds", "3"],
                    "REINFORCE/GRPO/DPO steps/s vs avitai-artifex 0.1.3 (shipped and jitted)"),

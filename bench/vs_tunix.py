@@ -26,7 +26,7 @@ Tunix runs in the bench-only venv ``.bench-envs/tunix`` (this file with
 ``--tunix-child``, one JSON line on stdout); the two sides alternate over
 ``--rounds`` rounds; figures are medians over every timed step.
 
-    .venv/bin/python bench/vs_tunix.py [--rounds 3] [--steps 10]
+    .venv/bin/python bench/vs_tunix.py [--rounds 3] [--steps 10] [--shapes]
 """
 
 from __future__ import annotations
@@ -45,18 +45,18 @@ VOCAB, LAYERS, HEADS, PROMPTS, GROUP, BETA, LR, CLIP = 64, 2, 4, 16, 4, 0.04, 1e
 SHAPE = {"prompt": 8, "completion": 24, "width": 128}
 
 
-def our_param_count() -> int:
+def our_param_count(shape: dict) -> int:
     import jax
     from flax import nnx
 
     from artifex_rl.models.transformer import TransformerLM
 
-    model = TransformerLM(VOCAB, SHAPE["prompt"] + SHAPE["completion"], d_model=SHAPE["width"], num_layers=LAYERS,
+    model = TransformerLM(VOCAB, shape["prompt"] + shape["completion"], d_model=shape["width"], num_layers=LAYERS,
                           num_heads=HEADS, rngs=nnx.Rngs(0))
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def tunix_child(steps: int, warmup: int, target_params: int) -> dict:
+def tunix_child(shape: dict, steps: int, warmup: int, target_params: int) -> dict:
     """Time Tunix's GRPO update (reference scoring + loss + gradient + update) in its venv."""
     import jax
     import jax.numpy as jnp
@@ -66,7 +66,7 @@ def tunix_child(steps: int, warmup: int, target_params: int) -> dict:
     from tunix.rl import algo_core, common
     from tunix.rl.grpo.grpo_learner import GRPOConfig, TrainExample
 
-    p, n, d = SHAPE["prompt"], SHAPE["completion"], SHAPE["width"]
+    p, n, d = shape["prompt"], shape["completion"], shape["width"]
 
     def build(hidden: int, seed: int = 0):
         cfg = llama.ModelConfig(num_layers=LAYERS, vocab_size=VOCAB, embed_dim=d, hidden_dim=hidden, num_heads=HEADS,
@@ -122,8 +122,9 @@ def tunix_child(steps: int, warmup: int, target_params: int) -> dict:
             "jax": jax.__version__}
 
 
-def time_tunix(steps: int, warmup: int, target_params: int) -> dict:
-    cmd = [TUNIX_PYTHON, os.path.abspath(__file__), "--tunix-child", str(steps), str(warmup), str(target_params)]
+def time_tunix(shape: dict, steps: int, warmup: int, target_params: int) -> dict:
+    cmd = [TUNIX_PYTHON, os.path.abspath(__file__), "--tunix-child", json.dumps(shape), str(steps), str(warmup),
+           str(target_params)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -136,38 +137,49 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--tunix-child", nargs=3, metavar=("STEPS", "WARMUP", "PARAMS"), help=argparse.SUPPRESS)
+    parser.add_argument("--shapes", action="store_true",
+                        help="also sequence 128 (32 + 96) at widths 256 and 512 (1 round, 3 steps)")
+    parser.add_argument("--tunix-child", nargs=4, metavar=("SHAPE", "STEPS", "WARMUP", "PARAMS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tunix_child:
-        print(json.dumps(tunix_child(*(int(x) for x in args.tunix_child))))
+        shape, rest = json.loads(args.tunix_child[0]), (int(x) for x in args.tunix_child[1:])
+        print(json.dumps(tunix_child(shape, *rest)))
         return
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.dirname(HERE))
     from _results import markdown_table, save
     from vs_trl import time_ours
 
-    target = our_param_count()
-    ours, theirs, meta = [], [], {}
-    for r in range(args.rounds):
-        for side in (("ours", "tunix") if r % 2 == 0 else ("tunix", "ours")):
-            if side == "ours":
-                got = time_ours(SHAPE, args.steps, args.warmup)["update"]
-                ours.extend(got)
-            else:
-                result = time_tunix(args.steps, args.warmup, target)
-                got = result.pop("update")
-                theirs.extend(got)
-                meta = result
-            print(f"round {r + 1} {side}: update {statistics.median(got):.4f} s", flush=True)
-    row = {"shape": "vocab 64, 2 layers, width 128, 4 heads, 8 + 24 tokens, 16 x 4",
-           "ours params": target, "Tunix params": meta["params"],
-           "ours update s": statistics.median(ours), "Tunix update s": statistics.median(theirs),
-           "Tunix / ours": statistics.median(theirs) / statistics.median(ours)}
-    print(markdown_table([row]))
-    print(f"Tunix {meta['tunix']} (jax {meta['jax']}), Llama3 gated MLP width {meta['mlp_hidden']}")
-    save("vs_tunix", [row], summary={"Tunix / ours update": row["Tunix / ours"], **meta},
+    plan = [(SHAPE, args.rounds, args.steps, args.warmup)]
+    if args.shapes:
+        plan += [({"prompt": 32, "completion": 96, "width": w}, 1, 3, 1) for w in (256, 512)]
+    rows, meta = [], {}
+    for shape, rounds, steps, warmup in plan:
+        target = our_param_count(shape)
+        ours, theirs = [], []
+        for r in range(rounds):
+            for side in (("ours", "tunix") if r % 2 == 0 else ("tunix", "ours")):
+                if side == "ours":
+                    got = time_ours(shape, steps, warmup)["update"]
+                    ours.extend(got)
+                else:
+                    result = time_tunix(shape, steps, warmup, target)
+                    got = result.pop("update")
+                    theirs.extend(got)
+                    meta = meta or result
+                print(f"{shape} round {r + 1} {side}: update {statistics.median(got):.4f} s", flush=True)
+        rows.append({"sequence": shape["prompt"] + shape["completion"], "width": shape["width"],
+                     "ours params": target, "ours update s": statistics.median(ours),
+                     "Tunix update s": statistics.median(theirs),
+                     "Tunix / ours": statistics.median(theirs) / statistics.median(ours)})
+    print(markdown_table(rows))
+    print(f"Tunix {meta['tunix']} (jax {meta['jax']}); at the base shape its Llama3 has {meta['params']} parameters "
+          f"(gated MLP width {meta['mlp_hidden']})")
+    save("vs_tunix", rows, summary={"Tunix / ours update": rows[0]["Tunix / ours"], **meta},
          notes="One GRPO update: Tunix = jitted reference scoring + nnx.jit(grpo_loss_fn, grad, update); "
-               "ours = GRPOTrainer.train_step (reference scored inside). Medians over all timed steps.")
+               "ours = GRPOTrainer.train_step (reference scored inside). Medians over all timed steps; "
+               "16 prompts x 4 generations at every shape.")
 
 
 if __name__ == "__main__":
