@@ -49,7 +49,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "vs_tunix": (OURS, ["vs_tunix.py", "--shapes"], ["vs_tunix.py", "--rounds", "1", "--steps", "5"],
                  "one GRPO update vs Tunix 0.1.7's grpo_loss_fn in its compiled step (its Llama3)"),
     "vs_artifex": (ARTIFEX, ["vs_artifex.py"], ["vs_artifex.py", "--steps", "10", "--rounds", "3"],
-                   "REINFORCE/GRPO/DPO steps/s vs avitai-artifex 0.1.3 (shipped and jitted)"),
+                   "REINFORCE/GRPO/DPO/PPO steps/s vs avitai-artifex 0.1.3 (shipped and jitted)"),
     "floors": (OURS, ["floors.py"], ["floors.py", "--steps", "10", "--rounds", "3"],
                "each algorithm's fit step vs the fewest-forward-passes hand-written jit step"),
     "lm_scaling": (OURS, ["lm_scaling.py"], ["lm_scaling.py", "--quick"],
