@@ -74,7 +74,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
                         "the cost of each way to keep a non-finite update out"),
     "scaling": (OURS, ["scaling.py"], ["scaling.py", "--devices", "1", "8", "--reps", "2"],
                 "data parallel over 1..8 forced host devices"),
-    "soak": (OURS, ["soak.py"], ["soak.py", "--steps", "2000"], "long run: memory and checkpoint stability"),
+    "soak": (OURS, ["soak.py"], ["soak.py", "--steps", "4000"], "long run: memory and checkpoint stability"),
     "gymnax_envs": (OURS, ["gymnax_envs.py", "--rejax-python", REJAX],
                     ["gymnax_envs.py", "--rejax-python", REJAX, "--seeds", "0", "--total-timesteps", "200000"],
                     "PPO on Acrobot, Pendulum, Breakout-/SpaceInvaders-MinAtar vs rejax, 3 seeds"),
