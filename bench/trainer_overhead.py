@@ -333,6 +333,7 @@ def main() -> None:
         ),
         "(a-off) (a) with nan_policy='off' (no finiteness check)": make_fit(batches, no_callbacks, nan_policy="off"),
         "(a10) (a) with steps_per_execution=10": make_fit(batches, no_callbacks, 10),
+        "(a10-off) (a10) with nan_policy='off'": make_fit(batches, no_callbacks, 10, nan_policy="off"),
         "(b10) (b) with steps_per_execution=10": make_fit(batches, bar_and_logger, 10),
         "(c10) (c) with steps_per_execution=10": make_fit(batches, bar_logger_checkpoint(args.ckpt_every), 10),
     }
