@@ -259,6 +259,7 @@ def run_ours(seed: int = 0, total_timesteps: int = 500_000, run_dir: str | None 
     from artifex_rl.callbacks import MetricsLogger, ProgressBarCallback
     from artifex_rl.events import Callback
     from artifex_rl.recipes.cartpole import EnvRunSettings, build_ppo, train
+    from artifex_rl.recipes.env_defaults import PPO_SETTINGS
     from artifex_rl.rl import PPOConfig
 
     class Returns(Callback):
@@ -273,7 +274,8 @@ def run_ours(seed: int = 0, total_timesteps: int = 500_000, run_dir: str | None 
 
     cfg = Config()
     settings = EnvRunSettings(
-        "CartPole-v1", total_timesteps, cfg.num_envs, cfg.num_steps, cfg.lr, cfg.anneal_lr, (cfg.hidden,) * 2
+        "CartPole-v1", total_timesteps, cfg.num_envs, cfg.num_steps, cfg.lr, cfg.anneal_lr, (cfg.hidden,) * 2,
+        steps_per_execution=PPO_SETTINGS["discrete"]["steps_per_execution"],  # the recipe's iterations per call
     )
     config = PPOConfig(
         log_every_n_steps=settings.log_every, seed=seed, steps_per_execution=settings.steps_per_execution
