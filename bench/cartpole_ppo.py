@@ -200,16 +200,20 @@ def make_train(cfg: Config, total_timesteps: int):
         metrics = {"return_sum": traj.finished_return.sum(), "episodes": traj.done.sum()}
         return (params, opt_state, env_state, obs, ep_return), metrics
 
-    def train(key: Array):
-        k_net, k_reset, k_iter = jax.random.split(key, 3)
+    def init_carry(key: Array):
+        k_net, k_reset = jax.random.split(key)
         params = init_network(k_net, obs_dim, num_actions, cfg.hidden)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
             jax.random.split(k_reset, cfg.num_envs), env_params
         )
-        carry = (params, tx.init(params), env_state, obs, jnp.zeros((cfg.num_envs,)))
-        carry, metrics = jax.lax.scan(iteration, carry, jax.random.split(k_iter, num_iterations))
+        return (params, tx.init(params), env_state, obs, jnp.zeros((cfg.num_envs,)))
+
+    def train(key: Array):
+        k_init, k_iter = jax.random.split(key)
+        carry, metrics = jax.lax.scan(iteration, init_carry(k_init), jax.random.split(k_iter, num_iterations))
         return carry[0], metrics
 
+    train.init_carry, train.iteration = init_carry, iteration  # for the paired timing
     return train, num_iterations * batch_size
 
 
@@ -291,13 +295,62 @@ def run_ours(seed: int = 0, total_timesteps: int = 500_000, run_dir: str | None 
     return summary
 
 
+def paired(blocks: int, k: int = 50) -> None:
+    """The reference's iteration and ours' fused runner in alternating blocks of ``k`` iterations.
+
+    Whole runs, one after the other, mostly measure this machine's drift
+    (+-20% over seconds); here both stay compiled in this process and take
+    turns, so each pair sees the same machine. The reference's ``k``
+    iterations run in one ``lax.scan`` (not donated, as its ``train`` runs
+    them), ours through ``Trainer.run_chunk`` as ``fit`` calls it.
+    """
+    import statistics
+
+    from artifex_rl.recipes.env_runs import build_ppo, resolve
+
+    train, _ = make_train(Config(), 500_000)
+    chunk = jax.jit(lambda carry, keys: jax.lax.scan(train.iteration, carry, keys)[0])
+    state = {"carry": jax.jit(train.init_carry)(jax.random.PRNGKey(0)), "key": jax.random.PRNGKey(1)}
+
+    def reference_block():
+        state["key"], sub = jax.random.split(state["key"])
+        state["carry"] = chunk(state["carry"], jax.random.split(sub, k))
+        return state["carry"]
+
+    settings, config, _ = resolve("ppo", "CartPole-v1", None, dict(steps_per_execution=k), 0)
+    trainer, source = build_ppo(settings, config, 0)
+    trainer.fitting = True  # run_chunk as fit calls it
+
+    def ours_block():
+        trainer.run_chunk(source=source, size=k)
+        return trainer.train_state
+
+    sides = {"reference": reference_block, "fit's runner": ours_block}
+    for run in sides.values():
+        jax.block_until_ready(run())
+    times = {name: [] for name in sides}
+    for b in range(blocks):
+        for name in (list(sides) if b % 2 == 0 else list(sides)[::-1]):
+            tic = time.perf_counter()
+            jax.block_until_ready(sides[name]())
+            times[name].append((time.perf_counter() - tic) / k * 1e3)
+    ratio = statistics.median(r / o for r, o in zip(times["reference"], times["fit's runner"], strict=True))
+    for name, values in times.items():
+        print(f"{name:14s} median {statistics.median(values):.2f} ms per iteration ({blocks} blocks of {k})")
+    print(f"fit's runner / reference speed (median of pairs): {ratio:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--total-timesteps", type=int, default=500_000)
     parser.add_argument("--reference-only", action="store_true")
+    parser.add_argument("--paired", type=int, default=0, metavar="BLOCKS",
+                        help="also time the reference's iteration against fit's runner in BLOCKS alternating pairs")
     args = parser.parse_args()
     print(f"devices: {jax.devices()}")
+    if args.paired:
+        paired(args.paired)
     rows = []
     for seed in args.seeds:
         # Interleave: reference then ours, per seed, in this one process.
