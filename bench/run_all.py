@@ -38,7 +38,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "trainer_overhead": (OURS, ["trainer_overhead.py"], ["trainer_overhead.py", "--steps", "500", "--reps", "3",
                                                           "--conv-steps", "50"],
                          "fit / train_step vs a hand-written donated jax.jit step (MLP and conv net)"),
-    "cartpole_ppo": (OURS, ["cartpole_ppo.py", "--seeds", "0", "1", "2"], ["cartpole_ppo.py"],
+    "cartpole_ppo": (OURS, ["cartpole_ppo.py", "--seeds", "0", "1", "2", "--paired", "12"], ["cartpole_ppo.py"],
                      "PPO CartPole through fit vs a fully compiled PureJaxRL-style loop"),
     "cartpole_vs_rejax": (OURS, ["cartpole_vs_rejax.py", "--rejax-python", REJAX],
                           ["cartpole_vs_rejax.py", "--rejax-python", REJAX, "--repeats", "1"],
