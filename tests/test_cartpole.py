@@ -66,6 +66,8 @@ def test_cli_writes_metrics_summary_plot_and_checkpoint(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {"final_episode_return", "total_env_steps", "wall_seconds", "compile_seconds", "sps"} <= set(summary)
     assert summary["total_env_steps"] == 40 * 512
+    assert 0 < summary["compile_seconds"] <= summary["wall_seconds"]
+    assert 0 < summary["first_call_seconds"] <= summary["wall_seconds"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["command"].startswith("artifex-rl train cartpole-ppo --total-timesteps 20480")
     assert config["trainer"]["class"] == "PPOTrainer" and config["run"]["env"] == "CartPole-v1"
@@ -96,3 +98,20 @@ def test_settings_are_plain_data():
     settings = EnvRunSettings("CartPole-v1", 500_000, 4, 128, 2.5e-4, True)
     assert settings.iterations == 976 and settings.steps_per_iteration == 512
     assert dataclasses.asdict(settings)["env_name"] == "CartPole-v1"
+
+
+def test_compile_timer_counts_jax_compilations_only_while_listening():
+    import jax
+    import jax.numpy as jnp
+
+    from artifex_rl.recipes.env_runs import CompileTimer
+
+    timer = CompileTimer()
+    timer.on_train_begin(None)
+    jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.ones(7)).block_until_ready()
+    counted = timer.compile_seconds
+    assert counted > 0
+    timer.on_exception(None, RuntimeError("stop"))  # the listener goes with the run
+    jax.jit(lambda x: jnp.cos(x) - 2.0)(jnp.ones(5)).block_until_ready()
+    assert timer.compile_seconds == counted
+    timer.on_exception(None, RuntimeError("again"))  # a second stop is harmless

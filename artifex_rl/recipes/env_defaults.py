@@ -43,7 +43,7 @@ from typing import Any
 #: iterations per compiled call); everything else is the cited source's. A call
 #: may span logging steps (the logs are those of one iteration per call), so the
 #: discrete family runs 50 iterations (~0.3 s on a 2-core CPU) per call: against
-#: 10 it measured 1.02-1.10x the CLI's env steps/s (bench/cartpole_vs_rejax.py),
+#: 10 it measured 1.02-1.10x the CLI's env steps/s (alternated CLI runs),
 #: the per-call cost of the fused runner shared by five times the iterations.
 PPO_SETTINGS: dict[str, dict[str, Any]] = {
     "discrete": dict(
