@@ -64,9 +64,11 @@ def score_sequences(model: Any, prompts: Array, completions: Array) -> tuple[Arr
       completion token ``t`` (predicted from position ``P + t - 1``).
     """
     tokens = jnp.concatenate([prompts, completions], axis=1)
-    logits = model(tokens)
     p = prompts.shape[1]
-    return token_log_probs(logits, tokens)[:, p:], token_entropies(logits)[:, p:]
+    # Only positions P-1 .. L-2 predict completion tokens: the softmax over the
+    # vocabulary runs on those N rows, not on the prompt's.
+    window = model(tokens)[:, p - 1 : -1]
+    return categorical_log_prob(window, completions), categorical_entropy(window)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
+from artifex_rl.distributions import categorical_entropy, categorical_log_prob
 from artifex_rl.rewards import RewardFunctionError, call_reward, reward_name
-from artifex_rl.rl.policies import token_entropies, token_log_probs
 
 Array = jax.Array
 
@@ -230,10 +230,10 @@ def completion_scores(
     """Per-token log-probs and entropies ``(B, N)`` of the completion part of ``(B, P + N)`` tokens,
     from the model's ``(B, P + N, V)`` logits of the whole sequence (see :func:`score_completions`)."""
     p = prompt_length
-    # Positions P-1 .. P+N-2 predict the completion tokens; the helpers below
-    # align scores with the token they score, so column 0 of the window is dropped.
-    window = sampling_logits(logits[:, p - 1 :], temperature, top_k)
-    return token_log_probs(window, tokens[:, p - 1 :])[:, 1:], token_entropies(window)[:, 1:]
+    # Positions P-1 .. P+N-2 predict the completion tokens: the softmax over the
+    # vocabulary runs on those N rows only.
+    window = sampling_logits(logits[:, p - 1 : -1], temperature, top_k)
+    return categorical_log_prob(window, tokens[:, p:]), categorical_entropy(window)
 
 
 # --------------------------------------------------------------------------- #
