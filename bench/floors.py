@@ -4,7 +4,10 @@ The floor computes the same loss on the same inputs with the fewest forward
 passes the maths allows, on plain pytrees (no trainer, no NaN check, no
 metrics beyond the loss): REINFORCE one policy forward; GRPO the policy and
 the frozen reference (two); DPO chosen and rejected stacked through the policy
-and through the reference (two forwards of 2B rows). Model and batch are
+and through the reference (two forwards of 2B rows); token PPO (one update of
+one minibatch on a given rollout, as their ``train_step``) one forward of the
+value-head LM, with the shaped rewards, GAE and whitening computed inside the
+step as ours does, and ``PPOConfig``'s global-norm clip of 0.5. Model and batch are
 ``bench/vs_artifex.py``'s anchor LM. The first step's loss of the floor and of
 ours are printed side by side (they must agree: the floor is only a floor if
 it computes the same thing).
@@ -40,6 +43,7 @@ from _anchor_lm import (  # noqa: E402
     LR,
     PROMPT,
     AnchorLM,
+    AnchorValueLM,
     completion_log_probs,
     completion_values,
     data,
@@ -66,7 +70,37 @@ def _token_scores(apply, params, seqs):
     return tok, -jnp.sum(jnp.exp(logp) * logp, -1)
 
 
+#: PPOConfig's defaults the PPO floor shares with ours (discount, GAE lambda, value weight, clip).
+GAMMA, GAE_LAMBDA, VF_COEFF, PPO_MAX_GRAD_NORM = 0.99, 0.95, 0.5, 0.5
+
+
+def _ppo_floor_loss(apply, params, b):
+    """Token PPO on a rollout with every completion token real: score at the last token, GAE, whitening."""
+    logits, values = apply(params, b["seqs"])
+    logp = jax.nn.log_softmax(logits[:, PROMPT - 1:-1], -1)
+    tok = jnp.take_along_axis(logp, b["seqs"][:, PROMPT:, None], -1)[..., 0]
+    ent = -jnp.sum(jnp.exp(logp) * logp, -1)
+    v, old_v = values[:, PROMPT - 1:-1], b["old_values"]
+    rewards = jnp.zeros_like(old_v).at[:, -1].set(b["rewards"])
+    delta = rewards + GAMMA * jnp.pad(old_v[:, 1:], ((0, 0), (0, 1))) - old_v
+
+    def back(next_adv, d):
+        adv = d + GAMMA * GAE_LAMBDA * next_adv
+        return adv, adv
+
+    adv = jax.lax.scan(back, jnp.zeros(delta.shape[0]), delta.T, reverse=True)[1].T
+    returns = adv + old_v
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    ratio = jnp.exp(tok - b["old"])
+    surrogate = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - CLIP, 1 + CLIP) * adv)
+    v_clipped = old_v + jnp.clip(v - old_v, -CLIP, CLIP)
+    value_loss = 0.5 * jnp.maximum(jnp.square(v - returns), jnp.square(v_clipped - returns))
+    return jnp.mean(surrogate + VF_COEFF * value_loss - ENTROPY * ent)
+
+
 def floor_loss(algo: str, apply, params, ref_params, b):
+    if algo == "PPO":
+        return _ppo_floor_loss(apply, params, b)
     if algo == "REINFORCE":
         tok, ent = _token_scores(apply, params, b["seqs"])
         r = b["rewards"]
@@ -94,7 +128,8 @@ def floor_loss(algo: str, apply, params, ref_params, b):
 def make_floor(algo: str, model, b):
     graphdef, params = nnx.split(model, nnx.Param)
     ref_params = jax.tree.map(jnp.copy, params)
-    tx = optax.adam(LR)
+    tx = optax.chain(optax.clip_by_global_norm(PPO_MAX_GRAD_NORM), optax.adam(LR)) if algo == "PPO" \
+        else optax.adam(LR)
 
     def apply(p, x):
         return nnx.merge(graphdef, p)(x)
@@ -113,6 +148,16 @@ def make_floor(algo: str, model, b):
         return loss
 
     return run
+
+
+def floor_batch(algo: str, model, d) -> dict:
+    """The floor's inputs: sequences (chosen and rejected), rewards, the old log-probs (and values: PPO)."""
+    seqs = jnp.asarray(d["sequences"])
+    b = {"seqs": seqs, "rejected": jnp.asarray(d["rejected"]).at[:, :PROMPT].set(seqs[:, :PROMPT]),
+         "rewards": jnp.asarray(d["rewards"]), "old": completion_log_probs(model, seqs)}
+    if algo == "PPO":
+        b["old_values"] = completion_values(model, seqs)
+    return b
 
 
 def make_ours(algo: str, model, d, **config):
@@ -145,21 +190,20 @@ def make_ours(algo: str, model, d, **config):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--algos", nargs="+", default=["REINFORCE", "GRPO", "DPO"])
+    parser.add_argument("--algos", nargs="+", default=["REINFORCE", "GRPO", "DPO", "PPO"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     d = data()
-    seqs = jnp.asarray(d["sequences"])
     rows, losses = [], []
     for algo in args.algos:
-        model = AnchorLM(nnx.Rngs(0))
-        b = {"seqs": seqs, "rejected": jnp.asarray(d["rejected"]).at[:, :PROMPT].set(seqs[:, :PROMPT]),
-             "rewards": jnp.asarray(d["rewards"]), "old": completion_log_probs(model, seqs)}
+        model_class = AnchorValueLM if algo == "PPO" else AnchorLM
+        model = model_class(nnx.Rngs(0))
+        b = floor_batch(algo, model, d)
         floor = make_floor(algo, model, b)
         variants = {"ours (defaults)": {}, "ours nan_policy=off": {"nan_policy": "off"},
                     "ours K=10": {"steps_per_execution": 10}}
-        trainers = {name: make_ours(algo, AnchorLM(nnx.Rngs(0)), d, **cfg) for name, cfg in variants.items()}
+        trainers = {name: make_ours(algo, model_class(nnx.Rngs(0)), d, **cfg) for name, cfg in variants.items()}
         first = {name: float(t.train_step(batch)["loss"]) for name, (t, batch) in trainers.items()}
         losses.append({"algorithm": algo, "floor loss": float(floor()), "our loss": first["ours (defaults)"]})
 

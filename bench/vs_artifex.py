@@ -65,7 +65,7 @@ from _anchor_lm import (  # noqa: E402
 )
 from _results import markdown_table, save  # noqa: E402
 from flax import nnx  # noqa: E402
-from floors import make_floor, make_ours  # noqa: E402
+from floors import floor_batch, make_floor, make_ours  # noqa: E402
 
 # ------------------------------------------------------------------ theirs
 
@@ -175,10 +175,7 @@ def main() -> None:
         make = lambda s=0, cls=model_class: cls(nnx.Rngs(s))  # noqa: E731
         shipped, jitted, their_loss = theirs(algo, make(), make(), d)
         step, fit, trainer, batch = ours(algo, make(), d)
-        floor_batch = {"seqs": jnp.asarray(d["sequences"]), "rewards": jnp.asarray(d["rewards"]),
-                       "rejected": jnp.asarray(d["rejected"]).at[:, :PROMPT].set(jnp.asarray(d["sequences"])[:, :PROMPT]),
-                       "old": completion_log_probs(make(), jnp.asarray(d["sequences"]))}
-        floor = make_floor(algo, make(), floor_batch) if algo != "PPO" else None  # no PPO floor yet
+        floor = make_floor(algo, make(), floor_batch(algo, make(), d))
         # The two losses at the same initial parameters (ours: the first step's, taken before its update).
         agree.append({"algorithm": algo, "their loss": float(their_loss()), "our loss": float(step()["loss"])})
         fit(2)  # compile the fit path once
@@ -193,8 +190,7 @@ def main() -> None:
         for _ in range(args.rounds):
             times["theirs shipped"].append(timed(shipped, max(1, args.steps // 3)))
             times["theirs jitted"].append(timed(jitted, args.steps))
-            if floor is not None:
-                times["floor"].append(timed(floor, args.steps))
+            times["floor"].append(timed(floor, args.steps))
             times["ours train_step"].append(timed(step, args.steps))
             start = time.perf_counter()
             fit(args.steps)
