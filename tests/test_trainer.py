@@ -416,11 +416,14 @@ class _LogGrab(Callback):
         self.logged.append((step, metrics["loss"]))
 
 
-def test_fit_with_steps_per_execution_logs_and_stops_on_the_same_steps():
+@pytest.mark.parametrize("scan_unroll", [1, True])
+def test_fit_with_steps_per_execution_logs_and_stops_on_the_same_steps(scan_unroll):
+    # scan_unroll=True: padding rounds of a short call run and are dropped by selects.
     data = regression_batches(7)
     runs = {}
     for k in (1, 3):
-        trainer = make_regression_trainer(seed=4, log_every_n_steps=4, steps_per_execution=k)
+        trainer = make_regression_trainer(seed=4, log_every_n_steps=4, steps_per_execution=k,
+                                          scan_unroll=scan_unroll)
         rec = Recorder()
         grab = _LogGrab()
         trainer.fit(data, max_steps=17, max_epochs=None, callbacks=[rec, grab])
@@ -440,6 +443,22 @@ def test_fit_with_steps_per_execution_logs_and_stops_on_the_same_steps():
     )
     # Chunk sizes 3, 1 (to step 4), 3, 1, ... : few distinct shapes, few compilations.
     assert t3.trace_count <= 3
+
+
+def test_an_unrolled_runner_skips_padding_rounds_without_a_conditional():
+    # XLA:CPU runs a conv net's gradient inside a conditional ~25x slower than
+    # under plain jit, unrolled or not (bench/trainer_overhead.py's conv rows).
+    data = regression_batches(3)
+    texts = {}
+    for unroll in (1, True):  # (keys "rolled"/"unrolled": True == 1 as a dict key)
+        trainer = make_regression_trainer(steps_per_execution=3, scan_unroll=unroll, nan_policy="off")
+        lowered = trainer._runner(3).lower(
+            trainer.train_state, trainer.frozen_states, None, tuple(data), static=(), n_active=jnp.int32(2),
+            batch_fn=None,
+        )
+        texts["unrolled" if unroll is True else "rolled"] = lowered.as_text()
+    assert "stablehlo.case" in texts["rolled"]  # the padding round is skipped by a conditional
+    assert "stablehlo.case" not in texts["unrolled"]
 
 
 def test_train_steps_rejects_different_static_entries():

@@ -103,8 +103,12 @@ def make_runner(
     call) or one dict of ``(K, ...)`` host arrays, or ``None`` with a
     ``batch_fn`` (then ``static`` is ignored: the source's batch says it).
     Returns ``(state, source_state, metrics)`` with metrics stacked ``(K, ...)``;
-    rows ``>= n_active`` are zeros.
+    rows ``>= n_active`` are zeros. Rounds ``>= n_active`` are skipped by a
+    conditional in a rolled scan; fully unrolled (``unroll=True`` or ``>= k``)
+    they run and their results are dropped (no conditional: see ``one``).
     """
+
+    fully_unrolled = unroll is True or (not isinstance(unroll, bool) and unroll >= k)
 
     def run(state, frozen, source_state, batches, static, n_active, batch_fn):
         if isinstance(batches, tuple):
@@ -132,7 +136,16 @@ def make_runner(
 
         def one(carry, xs):
             index, batch = xs
-            return jax.lax.cond(index < n_active, real, skip, carry, batch)
+            if not fully_unrolled:
+                return jax.lax.cond(index < n_active, real, skip, carry, batch)
+            # Unrolled, every round runs and a padding round's results are dropped
+            # by selects: XLA:CPU runs a conv net's gradient inside a conditional
+            # as slowly as inside a rolled loop (~25x plain jit, bench/trainer_overhead.py).
+            # The waste is the padding rounds of a call shorter than K.
+            new_carry, metrics = real(carry, batch)
+            active = index < n_active
+            keep = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_carry, carry)
+            return keep, jax.tree.map(lambda m: jnp.where(active, m, jnp.zeros_like(m)), metrics)
 
         xs = (jnp.arange(k), batches)
         (state, source_state), metrics = jax.lax.scan(one, (state, source_state), xs, unroll=unroll)
