@@ -15,6 +15,8 @@ it computes the same thing).
 Ours runs with its defaults (``nan_policy="raise"``: a non-finite update is
 kept out of the parameters) and with ``nan_policy="off"``, one step per call
 and ``steps_per_execution=10``; all timed interleaved in rounds, medians.
+XLA's cost analysis of each one-step executable (FLOPs, bytes accessed,
+kernels launched) is printed too: it does not move with the machine's load.
 
     PYTHONPATH=. python bench/floors.py [--steps 30 --rounds 5]
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import statistics
 import sys
 import time
@@ -51,6 +54,7 @@ from _anchor_lm import (  # noqa: E402
 from _results import markdown_table, save  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from artifex_rl.core.runner import split_batch  # noqa: E402
 from artifex_rl.rl import (  # noqa: E402
     DPOConfig,
     DPOTrainer,
@@ -147,7 +151,40 @@ def make_floor(algo: str, model, b):
         holder["state"], loss = step(holder["state"], b)
         return loss
 
+    run.lower = lambda: step.lower(holder["state"], b)
     return run
+
+
+def compiled_cost(lowered) -> dict:
+    """XLA's own count of a compiled step's work: GFLOP, MB read and written, and kernels.
+
+    Deterministic, so it separates "does more work" from machine load. Kernels
+    are the instructions of the entry computation and of its loop bodies and
+    conditional branches (fusions and unfused ops, which XLA:CPU launches one
+    by one; parameters, tuples and constants aside).
+    """
+    compiled = lowered.compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    text = compiled.as_text()
+    bodies = {m.split("(")[0].split()[-1].lstrip("%"): m for m in re.split(r"\n(?=\S)", text) if "{" in m.split("\n", 1)[0]}
+    # The kernels run from the entry computation and the bodies and branches of its loops and conditionals.
+    launched = set(re.findall(r"(?:body|true_computation|false_computation)=%?([\w.-]+)", text))
+    for group in re.findall(r"branch_computations=\{([^}]*)\}", text):
+        launched |= {name.strip().lstrip("%") for name in group.split(",")}
+    kernels = 0
+    for name, computation in bodies.items():
+        if computation.startswith("ENTRY") or name in launched:
+            ops = re.findall(r"^\s+(?:ROOT )?\S+ = (?:\([^=]*?\)|\S+) ([\w-]+)\(", computation, re.M)
+            kernels += sum(op not in ("parameter", "tuple", "get-tuple-element", "constant", "bitcast") for op in ops)
+    return {"GFLOP": cost.get("flops", 0.0) / 1e9, "MB accessed": cost.get("bytes accessed", 0.0) / 1e6,
+            "kernels": kernels}
+
+
+def our_step_lowered(trainer, batch):
+    """Our one-step executable as ``train_step`` calls it (lowered through the trainer's private cache)."""
+    arrays, static = split_batch(batch)
+    return trainer._compiled_fns()["step"].lower(trainer.train_state, trainer.frozen_states, arrays, static)
 
 
 def floor_batch(algo: str, model, d) -> dict:
@@ -195,7 +232,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     d = data()
-    rows, losses = [], []
+    rows, losses, costs = [], [], []
     for algo in args.algos:
         model_class = AnchorValueLM if algo == "PPO" else AnchorLM
         model = model_class(nnx.Rngs(0))
@@ -206,6 +243,9 @@ def main() -> None:
         trainers = {name: make_ours(algo, model_class(nnx.Rngs(0)), d, **cfg) for name, cfg in variants.items()}
         first = {name: float(t.train_step(batch)["loss"]) for name, (t, batch) in trainers.items()}
         losses.append({"algorithm": algo, "floor loss": float(floor()), "our loss": first["ours (defaults)"]})
+        for name, lowered in {"floor": floor.lower(), **{n: our_step_lowered(*trainers[n]) for n in
+                                                          ("ours (defaults)", "ours nan_policy=off")}}.items():
+            costs.append({"algorithm": algo, "step": name, **compiled_cost(lowered)})
 
         def fit_fn(trainer, batch):
             def run():
@@ -234,9 +274,12 @@ def main() -> None:
     print(markdown_table(rows))
     print()
     print(markdown_table(losses))
+    print()
+    print("XLA's cost analysis of each one-step executable (deterministic):")
+    print(markdown_table(costs))
     save("floors", rows, summary={**{f"{r['algorithm']} defaults / floor": r["ours (defaults) / floor"]
                                      for r in rows}, "target": "<= 1.05"},
-         notes=f"first-step losses, floor vs ours: {losses}")
+         notes=f"first-step losses, floor vs ours: {losses}; compiled costs: {costs}")
 
 
 if __name__ == "__main__":
