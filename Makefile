@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/artifex-rl train cartpole-ppo --run-dir $(RUN_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests
 
 # The documentation site (mkdocs + Material + mkdocstrings) into site/; any warning fails it.
 $(DOCS_STAMP): $(STAMP)
