@@ -41,10 +41,11 @@ class Record(Callback):
         self.epochs.append(epoch)
 
 
-def make(steps_per_execution: int, iterations_per_epoch: int | None = None):
+def make(steps_per_execution: int, iterations_per_epoch: int | None = None, scan_unroll: int | bool = 1):
     model = ActorCritic(4, 2, hidden=(16, 16), rngs=nnx.Rngs(3))
     config = PPOConfig(
-        update_epochs=2, num_minibatches=2, log_every_n_steps=5, seed=1, steps_per_execution=steps_per_execution
+        update_epochs=2, num_minibatches=2, log_every_n_steps=5, seed=1, steps_per_execution=steps_per_execution,
+        scan_unroll=scan_unroll,
     )
     trainer = PPOTrainer(model, optax.adam(3e-3), config)
     source = GymnaxRolloutSource(
@@ -110,6 +111,23 @@ def test_fused_fit_equals_the_sequential_fit_with_one_compile():
     fused.fit(fused_source, max_steps=20, max_epochs=None)
     assert fused.global_step == 20
     assert fused.trace_count == 1 and fused_source.trace_count == traces_before
+
+
+def test_an_unrolled_fused_call_drops_its_padding_rounds_and_their_env_steps():
+    # Fully unrolled, a call shorter than K runs its padding rounds and selects
+    # their results away (no conditional): parameters, optimizer and environment
+    # state must be those of the rounds that count.
+    runs = {}
+    for k, unroll in ((1, 1), (3, True)):  # the reference rolled: one unrolled compile only
+        trainer, source = make(k, scan_unroll=unroll)
+        trainer.fit(source, max_steps=4, max_epochs=None)  # chunks of 3 and 1 (two padding rounds)
+        runs[k] = (trainer, source)
+    (seq, seq_source), (fused, fused_source) = runs[1], runs[3]
+    assert fused.global_step == seq.global_step == 4 and fused_source.iterations == 4
+    assert_trees_close(fused.train_state["params"], seq.train_state["params"])
+    assert_trees_close(fused.train_state["opt_state"], seq.train_state["opt_state"])
+    assert_trees_close(fused_source.source_state["carry"], seq_source.source_state["carry"])
+    np.testing.assert_array_equal(fused_source.source_state["key"], seq_source.source_state["key"])
 
 
 class LaggingRecord(Record):
