@@ -74,8 +74,10 @@ def _token_scores(apply, params, seqs):
     return tok, -jnp.sum(jnp.exp(logp) * logp, -1)
 
 
-#: PPOConfig's defaults the PPO floor shares with ours (discount, GAE lambda, value weight, clip).
-GAMMA, GAE_LAMBDA, VF_COEFF, PPO_MAX_GRAD_NORM = 0.99, 0.95, 0.5, 0.5
+#: The PPO floor uses PPOConfig's defaults, as ours runs with them (discount, GAE lambda, value weight, clip).
+_PPO_DEFAULTS = PPOConfig()
+GAMMA, GAE_LAMBDA = _PPO_DEFAULTS.gamma, _PPO_DEFAULTS.gae_lambda
+VF_COEFF, PPO_MAX_GRAD_NORM = _PPO_DEFAULTS.vf_coeff, _PPO_DEFAULTS.max_grad_norm
 
 
 def _ppo_floor_loss(apply, params, b):
