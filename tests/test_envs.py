@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from gymnax.environments.classic_control import CartPole
 
 from artifex_rl.envs import GymnaxRolloutSource, make_env
+from artifex_rl.envs.gymnax_rollout import init_carry, make_collect, max_truncations_per_env
 from artifex_rl.models import ActorCritic, MLPPolicy
 
 
@@ -201,6 +203,40 @@ def test_truncation_bootstraps_the_final_observation_not_the_reset_one():
         np.testing.assert_allclose(batch["bootstrap_values"][i, 4], expected, rtol=1e-5, atol=1e-6)
         assert not np.allclose(batch["bootstrap_values"][i, 4], model(obs[i, 5][None])[1][0])
     np.testing.assert_array_equal(np.delete(np.asarray(batch["bootstrap_values"]), ends, axis=1), 0.0)
+
+
+class CartPoleCutEveryThreeSteps(CartPole):
+    """Cuts every episode after 3 steps although its params say 500."""
+
+    def is_truncated(self, state, params):
+        return state.time >= 3
+
+
+def test_more_truncations_than_the_params_time_limit_allows_are_all_bootstrapped():
+    """The collector evaluates at most ``B * ceil(T / max_steps_in_episode)`` final
+    observations (here B); an env that truncates more often than its params say
+    must still get every bootstrap value (the fallback over all rows)."""
+    env = CartPoleCutEveryThreeSteps()
+    params = env.default_params
+    assert max_truncations_per_env(params, T) == 1
+    trainer = cartpole_trainer(seed=4)
+    collect = jax.jit(make_collect(env, params, num_envs=B, num_steps=T), static_argnums=0)
+    carry = init_carry(env, params, B, jax.random.PRNGKey(5))
+    key = jax.random.PRNGKey(6)
+    snapshot = trainer.policy_snapshot()
+    batch, _ = collect(snapshot.graphdef, snapshot.params, snapshot.model_state, carry, key)
+    ref, *_ = reference_rollout(env, params, trainer.model(), carry, key, np.asarray(batch["actions"]), T)
+    assert np.sum(ref["bootstrap_values"] != 0) > B  # more than the hint allows
+    for name in ("dones", "bootstrap_values"):
+        np.testing.assert_allclose(batch[name], ref[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_max_truncations_per_env_reads_the_time_limit():
+    _, params = make_env("CartPole-v1")
+    assert max_truncations_per_env(params, 128) == 1
+    assert max_truncations_per_env(params.replace(max_steps_in_episode=12), 40) == 4
+    assert max_truncations_per_env(params.replace(max_steps_in_episode=10), 40) == 4
+    assert max_truncations_per_env(object(), 40) is None
 
 
 def _perturb(p):

@@ -141,6 +141,23 @@ def init_carry(env: Any, env_params: Any, num_envs: int, key: Array) -> Carry:
     }
 
 
+def max_truncations_per_env(env_params: Any, num_steps: int) -> int | None:
+    """At most how many time-limit truncations one env can have in ``num_steps`` steps.
+
+    An episode runs ``max_steps_in_episode`` (``L``) steps before the time limit
+    cuts it, and any reset (termination or truncation) starts the count again,
+    so ``num_steps`` steps hold at most ``ceil(num_steps / L)`` truncations.
+    None when the params carry no concrete ``L``. The collector uses it only as
+    a size hint and falls back to every row if a rollout ever has more.
+    """
+    limit = getattr(env_params, "max_steps_in_episode", None)
+    try:
+        limit = int(limit)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None
+    return -(-num_steps // limit) if limit >= 1 else None
+
+
 def make_collect(
     env: Any,
     env_params: Any,
@@ -188,12 +205,41 @@ def make_collect(
         reward = jnp.reshape(jnp.asarray(reward, jnp.float32), ())
         return next_obs, next_state, obs_step, reward, done, truncated
 
+    rows = num_steps * num_envs
+    per_env = max_truncations_per_env(env_params, num_steps)
+    # How many final observations to evaluate: at most ``per_env`` truncations per
+    # env (4 of CartPole's 512 rows), or every row when no time limit is known.
+    max_truncated = rows if per_env is None else min(rows, per_env * num_envs)
+
     def collect(graphdef: Any, params: Any, model_state: Any, carry: Carry, key: Array):
         def apply(obs: Array) -> tuple[Any, Array | None]:
             # Merging inside each traced use (not once outside the scan) keeps any
             # state the model might mutate from leaking tracers across the scan.
             model = nnx.merge(graphdef, params, model_state)
             return _split_output(model(obs), actor_critic)
+
+        def value_of(obs: Array) -> Array:
+            return apply(obs)[1].astype(jnp.float32).reshape(obs.shape[0])
+
+        def bootstrap_values(final_obs: Array, truncated: Array) -> Array:
+            """``(T, B)``: V(final observation) where the time limit cut the episode, else 0."""
+            flat_obs = final_obs.reshape(rows, *final_obs.shape[2:])
+            flat_truncated = truncated.reshape(rows)
+            if max_truncated == rows:
+                return jnp.where(flat_truncated, value_of(flat_obs), 0.0).reshape(num_steps, num_envs)
+
+            def gathered() -> Array:
+                # Only the truncated rows go through the model; index ``rows`` pads
+                # the list and is dropped when the values are scattered back.
+                (index,) = jnp.nonzero(flat_truncated, size=max_truncated, fill_value=rows)
+                picked = flat_obs.at[index].get(mode="fill", fill_value=0)
+                return jnp.zeros((rows,), jnp.float32).at[index].set(value_of(picked), mode="drop")
+
+            def every_row() -> Array:  # more truncations than the time limit allows
+                return jnp.where(flat_truncated, value_of(flat_obs), 0.0)
+
+            fits = jnp.sum(flat_truncated) <= max_truncated
+            return jax.lax.cond(fits, gathered, every_row).reshape(num_steps, num_envs)
 
         def step(state: tuple, step_key: Array):
             obs, env_state, ep_return, ep_length, ret_sum, len_sum, n_done = state
@@ -242,10 +288,7 @@ def make_collect(
         # scan stacks time first; trainers want one trajectory per row.
         if actor_critic:
             final_obs, truncated = steps.pop("final_observations"), steps.pop("truncated")
-            # (T, B, *obs) -> (T * B, *obs): one call of the model, as on a batch of envs.
-            flat = final_obs.reshape(num_steps * num_envs, *final_obs.shape[2:])
-            final_values = apply(flat)[1].astype(jnp.float32).reshape(num_steps, num_envs)
-            steps["bootstrap_values"] = jnp.where(truncated, final_values, 0.0)
+            steps["bootstrap_values"] = bootstrap_values(final_obs, truncated)
         batch: Batch = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), steps)
         if actor_critic:
             batch["last_value"] = apply(obs)[1].astype(jnp.float32)
@@ -340,10 +383,11 @@ class GymnaxRolloutSource:
     runs inside the trainer's compiled call instead, fused with the update
     (:mod:`artifex_rl.device_source`).
 
-    Actor-critic models are also called once per batch on all ``T * B``
-    final observations (for the bootstrap values of truncated steps), so
-    they must accept any leading batch size; those observations are kept
-    until then, which doubles the rollout's observation memory.
+    Actor-critic models are also called once per batch on the final
+    observations of truncated steps (for their bootstrap values; at most
+    ``B * ceil(T / max_steps_in_episode)`` rows), so they must accept any
+    leading batch size; the final observations are kept until then, which
+    doubles the rollout's observation memory.
 
     Args:
       env_name: a gymnax id, e.g. ``"CartPole-v1"``.
