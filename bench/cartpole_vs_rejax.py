@@ -33,6 +33,7 @@ from _results import markdown_table, save  # noqa: E402
 
 ENV_STEP_SNIPPET = """
 import json, time, jax, gymnax
+from importlib.metadata import version
 env, params = gymnax.make("CartPole-v1")
 n, k = 4, 20000
 keys = jax.random.split(jax.random.PRNGKey(0), n)
@@ -44,7 +45,7 @@ def body(carry, key):
 run = jax.jit(lambda s, key: jax.lax.scan(body, s, jax.random.split(key, k))[0])
 jax.block_until_ready(run(state, jax.random.PRNGKey(1)))
 t = time.perf_counter(); jax.block_until_ready(run(state, jax.random.PRNGKey(2))); dt = time.perf_counter() - t
-print(json.dumps({"gymnax": getattr(gymnax, "__version__", "?"), "env_steps_per_s": n * k / dt}))
+print(json.dumps({"gymnax": version("gymnax"), "env_steps_per_s": n * k / dt}))
 """
 
 
