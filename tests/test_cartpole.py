@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from artifex_rl.envs import gymnax_rollout
 from artifex_rl.events import Callback
 from artifex_rl.recipes.cartpole import EnvRunSettings, build_ppo, build_reinforce, train
 from artifex_rl.rl import PPOConfig, REINFORCEConfig
@@ -27,7 +29,11 @@ def _first_and_last(curve: list[float]) -> tuple[float, float]:
     return float(np.mean(curve[:2])), float(np.mean(curve[-3:]))
 
 
-def test_ppo_learns_cartpole_in_100k_steps():
+def test_ppo_learns_cartpole_in_100k_steps(monkeypatch):
+    # Sources with equal settings share one compiled collection (and its trace
+    # count) across the process; start from an empty cache so the count below is
+    # this run's alone whatever ran before in this worker.
+    monkeypatch.setattr(gymnax_rollout, "_SHARED", collections.OrderedDict())
     settings = EnvRunSettings("CartPole-v1", 102_400, 4, 128, 2.5e-4, True, log_every=10)
     trainer, source = build_ppo(settings, PPOConfig(log_every_n_steps=10), seed=0)
     curve = ReturnCurve()
