@@ -80,29 +80,6 @@ def test_gaussian_functions_against_numpy(seed):
     assert_close(D.gaussian_entropy(f32[1]), (log_std + 0.5 * (1 + math.log(2 * math.pi))).sum(-1))
 
 
-def test_noise_drawn_ahead_gives_the_samples_drawn_in_place():
-    """A rollout draws every step's noise in one batched call (``draw_noise`` under vmap over
-    the step keys) and samples with it later; the actions must be the very ones
-    ``jax.random.categorical`` / ``mean + std * normal`` draw from each key in place."""
-    keys = jax.random.split(jax.random.PRNGKey(3), 7)
-    logits = jax.random.normal(jax.random.PRNGKey(4), (7, 5, 6)) * 3.0
-    head = D.CategoricalPolicy()
-    shape = jax.ShapeDtypeStruct(logits.shape[1:], logits.dtype)
-    noise = jax.vmap(lambda k: head.draw_noise(k, shape))(keys)
-    drawn_ahead = jax.vmap(head.sample_from_noise)(logits, noise)
-    in_place = jnp.stack([jax.random.categorical(k, x, axis=-1) for k, x in zip(keys, logits)])
-    np.testing.assert_array_equal(drawn_ahead, in_place)
-    assert len(np.unique(np.asarray(in_place))) > 3  # the keys matter: not all argmax
-
-    gaussian = D.GaussianPolicy()
-    mean, log_std = logits, jnp.full(logits.shape, -0.5)
-    spec = (jax.ShapeDtypeStruct(mean.shape[1:], mean.dtype),) * 2
-    noise = jax.vmap(lambda k: gaussian.draw_noise(k, spec))(keys)
-    drawn_ahead = jax.vmap(lambda m, s, n: gaussian.sample_from_noise((m, s), n))(mean, log_std, noise)
-    in_place = jnp.stack([m + jnp.exp(s) * jax.random.normal(k, m.shape) for k, m, s in zip(keys, mean, log_std)])
-    np.testing.assert_array_equal(drawn_ahead, in_place)
-
-
 def test_score_sequences_scores_the_completion_tokens():
     rng = np.random.default_rng(4)
     table = jnp.asarray(rng.normal(size=(5, 5)), jnp.float32)

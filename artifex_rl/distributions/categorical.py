@@ -91,16 +91,7 @@ class CategoricalPolicy:
         return categorical_entropy(output)
 
     def sample(self, output: Array, key: Array) -> Array:
-        """``jax.random.categorical(key, output)``: the Gumbel-max trick, in two halves below."""
-        return self.sample_from_noise(output, self.draw_noise(key, output))
-
-    def draw_noise(self, key: Array, output: Any) -> Array:
-        """The Gumbel noise ``sample`` adds to the logits, shaped like ``output`` (an array or a
-        ``jax.ShapeDtypeStruct``): drawn apart so a rollout can draw every step's noise at once."""
-        return jax.random.gumbel(key, output.shape, output.dtype)
-
-    def sample_from_noise(self, output: Array, noise: Array) -> Array:
-        return jnp.argmax(noise + output, axis=-1)
+        return jax.random.categorical(key, output, axis=-1)
 
     def mode(self, output: Array) -> Array:
         return jnp.argmax(output, axis=-1)

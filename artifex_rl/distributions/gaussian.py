@@ -60,20 +60,8 @@ class GaussianPolicy:
         return gaussian_entropy(self._split(output)[1])
 
     def sample(self, output: Any, key: Array) -> Array:
-        """``mean + exp(log_std) * eps`` with ``eps ~ N(0, I)``, in two halves below."""
-        return self.sample_from_noise(output, self.draw_noise(key, output))
-
-    def draw_noise(self, key: Array, output: Any) -> Array:
-        """Standard normal noise shaped like ``mean`` (arrays or ``jax.ShapeDtypeStruct`` s): drawn
-        apart so a rollout can draw every step's noise at once."""
-        if not (isinstance(output, (tuple, list)) and len(output) == 2):
-            self._split(output)  # raises the usual TypeError
-        mean = output[0]
-        return jax.random.normal(key, mean.shape, mean.dtype)
-
-    def sample_from_noise(self, output: Any, noise: Array) -> Array:
         mean, log_std = self._split(output)
-        return mean + jnp.exp(log_std) * noise
+        return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
 
     def mode(self, output: Any) -> Array:
         return self._split(output)[0]

@@ -158,43 +158,6 @@ def max_truncations_per_env(env_params: Any, num_steps: int) -> int | None:
     return -(-num_steps // limit) if limit >= 1 else None
 
 
-def draw_rollout_randomness(
-    env: Any, env_params: Any, head: PolicyHead, key: Array, num_steps: int, num_envs: int, policy_output: Any
-) -> dict[str, Any]:
-    """Every random draw of one rollout, made before its scan in a few batched calls.
-
-    On XLA:CPU each ``jax.random`` call inside a scanned step runs as a rolled
-    loop of small kernels (threefry's rounds), and a CartPole step had five
-    of them. They are drawn here instead, from the keys the step used to
-    derive, so the rollout is bit-identical to drawing them step by step:
-    ``key`` splits into one key per step; a step key into ``(key_action,
-    key_env)``; ``key_env`` into one key per env; an env key into
-    ``(key_step, key_reset)`` (as gymnax's own ``env.step`` splits it).
-
-    Returns the scan's per-step inputs: ``key_step (T, B)``, the reset each env
-    would take, ``obs_reset (T, B, *obs)`` float32 and ``state_reset`` (leaves
-    ``(T, B, ...)``; memory like the rollout's own observations), and either
-    ``action_noise (T, *policy_output)`` for a head with ``draw_noise`` /
-    ``sample_from_noise`` (the built-in ones) or ``key_action (T,)``.
-    """
-    split_each = jax.vmap(jax.random.split)  # (N,) keys -> (N, 2) keys
-    action_and_env = split_each(jax.random.split(key, num_steps))
-    key_action, key_env = action_and_env[:, 0], action_and_env[:, 1]
-    env_keys = jax.vmap(lambda k: jax.random.split(k, num_envs))(key_env)
-    step_and_reset = jax.vmap(split_each)(env_keys)
-    obs_reset, state_reset = jax.vmap(jax.vmap(lambda k: env.reset_env(k, env_params)))(step_and_reset[:, :, 1])
-    drawn = {
-        "key_step": step_and_reset[:, :, 0],
-        "obs_reset": jnp.asarray(obs_reset, jnp.float32),
-        "state_reset": state_reset,
-    }
-    if hasattr(head, "draw_noise") and hasattr(head, "sample_from_noise"):
-        drawn["action_noise"] = jax.vmap(lambda k: head.draw_noise(k, policy_output))(key_action)
-    else:
-        drawn["key_action"] = key_action
-    return drawn
-
-
 def make_collect(
     env: Any,
     env_params: Any,
@@ -227,16 +190,18 @@ def make_collect(
     head = get_policy_head(policy)
     spec = action_spec(env.action_space(env_params)) if spec is None else spec
 
-    def env_step(key_step: Array, state: Any, action: Array, obs_reset: Array, state_reset: Any):
+    def env_step(key: Array, state: Any, action: Array):
+        key_step, key_reset = jax.random.split(key)
         obs_step, state_step, reward, terminated, _ = env.step_env(key_step, state, action, env_params)
         terminated = jnp.asarray(terminated, jnp.bool_)
         # Termination wins: a state that is both terminal and at the time limit has
         # no future, so it must not be bootstrapped.
         truncated = jnp.logical_and(env.is_truncated(state_step, env_params), ~terminated)
         done = jnp.logical_or(terminated, truncated)
+        obs_reset, state_reset = env.reset_env(key_reset, env_params)
         next_state = jax.tree.map(lambda r, s: jnp.where(done, r, s), state_reset, state_step)
         obs_step = jnp.asarray(obs_step, jnp.float32)
-        next_obs = jnp.where(done, obs_reset, obs_step)
+        next_obs = jnp.where(done, jnp.asarray(obs_reset, jnp.float32), obs_step)
         reward = jnp.reshape(jnp.asarray(reward, jnp.float32), ())
         return next_obs, next_state, obs_step, reward, done, truncated
 
@@ -276,16 +241,14 @@ def make_collect(
             fits = jnp.sum(flat_truncated) <= max_truncated
             return jax.lax.cond(fits, gathered, every_row).reshape(num_steps, num_envs)
 
-        def step(state: tuple, drawn: dict[str, Any]):
+        def step(state: tuple, step_key: Array):
             obs, env_state, ep_return, ep_length, ret_sum, len_sum, n_done = state
+            key_action, key_env = jax.random.split(step_key)
             policy_output, value = apply(obs)
-            if "action_noise" in drawn:
-                action = head.sample_from_noise(policy_output, drawn["action_noise"])
-            else:  # a head that cannot draw its noise ahead samples here
-                action = head.sample(policy_output, drawn["key_action"])
+            action = head.sample(policy_output, key_action)
             log_prob = head.log_prob(policy_output, action)
             next_obs, env_state, final_obs, reward, done, truncated = jax.vmap(env_step)(
-                drawn["key_step"], env_state, to_env_action(spec, action), drawn["obs_reset"], drawn["state_reset"]
+                jax.random.split(key_env, num_envs), env_state, to_env_action(spec, action)
             )
             ep_return = ep_return + reward
             ep_length = ep_length + 1
@@ -302,8 +265,8 @@ def make_collect(
             if actor_critic:
                 out["values"] = value.astype(jnp.float32)
                 # V(final observation) is needed only where the time limit cut the
-                # episode: evaluated after the scan on those rows (a lax.cond per
-                # step would cost far more on XLA:CPU).
+                # episode. One batched forward pass over all T * B final observations
+                # after the scan costs far less on XLA:CPU than a lax.cond per step.
                 out["final_observations"] = final_obs
                 out["truncated"] = truncated
             ep_return = jnp.where(done, 0.0, ep_return)
@@ -320,9 +283,7 @@ def make_collect(
             zero,
             zero,
         )
-        policy_output_shape = jax.eval_shape(lambda o: apply(o)[0], carry["obs"])
-        drawn = draw_rollout_randomness(env, env_params, head, key, num_steps, num_envs, policy_output_shape)
-        final, steps = jax.lax.scan(step, init, drawn)
+        final, steps = jax.lax.scan(step, init, jax.random.split(key, num_steps))
         obs, env_state, ep_return, ep_length, ret_sum, len_sum, n_done = final
         # scan stacks time first; trainers want one trajectory per row.
         if actor_critic:
