@@ -62,10 +62,15 @@ def reference_rollout(env, env_params, model, carry, key, actions, num_steps):
     out = {k: np.zeros((num_envs, num_steps)) for k in ("rewards", "dones", "bootstrap_values", "values")}
     out["observations"] = np.zeros((num_envs, num_steps, obs.shape[-1]))
     ret_sum = len_sum = finished = 0.0
+    out["sampled_actions"] = np.zeros((num_envs, num_steps), np.int32)
+    logits_of = jax.jit(lambda o: model(o)[0])
     for t, step_key in enumerate(jax.random.split(key, num_steps)):
-        _, key_env = jax.random.split(step_key)
+        key_action, key_env = jax.random.split(step_key)
         env_keys = jax.random.split(key_env, num_envs)
         out["observations"][:, t] = obs
+        # What the policy draws from this observation with this step's action key
+        # (the replayed ``actions`` must be exactly these).
+        out["sampled_actions"][:, t] = np.asarray(jax.random.categorical(key_action, logits_of(jnp.asarray(obs))))
         out["values"][:, t] = np.asarray(value_of(jnp.asarray(obs)))
         next_obs = np.zeros_like(obs)
         for i in range(num_envs):
@@ -161,6 +166,8 @@ def test_matches_gymnax_step_loop_across_two_batches(max_steps):
         )
         for name in ("observations", "rewards", "dones", "values", "bootstrap_values"):
             np.testing.assert_allclose(batch[name], ref[name], rtol=1e-5, atol=1e-5, err_msg=name)
+        # The rollout draws all its randomness before its scan: the same draws as step by step.
+        np.testing.assert_array_equal(actions, ref["sampled_actions"])
         for name, value in sums.items():
             np.testing.assert_allclose(batch["metrics"][name], value, rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(source._carry["obs"], obs, rtol=1e-6, atol=1e-6)
