@@ -225,8 +225,9 @@ def make_collect(
             """``(T, B)``: V(final observation) where the time limit cut the episode, else 0."""
             flat_obs = final_obs.reshape(rows, *final_obs.shape[2:])
             flat_truncated = truncated.reshape(rows)
-            if max_truncated == rows:
-                return jnp.where(flat_truncated, value_of(flat_obs), 0.0).reshape(num_steps, num_envs)
+
+            def every_row() -> Array:  # no time limit known, or more truncations than it allows
+                return jnp.where(flat_truncated, value_of(flat_obs), 0.0)
 
             def gathered() -> Array:
                 # Only the truncated rows go through the model; index ``rows`` pads
@@ -235,11 +236,11 @@ def make_collect(
                 picked = flat_obs.at[index].get(mode="fill", fill_value=0)
                 return jnp.zeros((rows,), jnp.float32).at[index].set(value_of(picked), mode="drop")
 
-            def every_row() -> Array:  # more truncations than the time limit allows
-                return jnp.where(flat_truncated, value_of(flat_obs), 0.0)
-
-            fits = jnp.sum(flat_truncated) <= max_truncated
-            return jax.lax.cond(fits, gathered, every_row).reshape(num_steps, num_envs)
+            if max_truncated == rows:
+                values = every_row()
+            else:
+                values = jax.lax.cond(jnp.sum(flat_truncated) <= max_truncated, gathered, every_row)
+            return values.reshape(num_steps, num_envs)
 
         def step(state: tuple, step_key: Array):
             obs, env_state, ep_return, ep_length, ret_sum, len_sum, n_done = state
