@@ -8,7 +8,7 @@ from flax import nnx
 from gymnax.environments.classic_control import CartPole
 
 from artifex_rl.envs import GymnaxRolloutSource, make_env
-from artifex_rl.envs.gymnax_rollout import init_carry, make_collect, max_truncations_per_env
+from artifex_rl.envs.collect import init_carry, make_collect, max_truncations_per_env
 from artifex_rl.models import ActorCritic, MLPPolicy
 
 

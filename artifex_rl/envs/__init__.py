@@ -1,12 +1,7 @@
 """Rollout sources: environments stepped by the current policy, feeding ``Trainer.fit``."""
 
-from artifex_rl.envs.gymnax_rollout import (
-    GymnaxRolloutSource,
-    detect_actor_critic,
-    init_carry,
-    make_collect,
-    make_env,
-)
+from artifex_rl.envs.collect import detect_actor_critic, init_carry, make_collect, make_env
+from artifex_rl.envs.gymnax_rollout import GymnaxRolloutSource
 from artifex_rl.envs.spaces import ActionSpec, action_spec
 
 __all__ = [
