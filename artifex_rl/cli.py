@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard event files to <run-dir>/tensorboard (needs tensorboardX)")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_argument("--compile-cache", default=None, metavar="DIR",
+                        help="JAX's persistent compilation cache: a later run of the same program skips XLA "
+                             "compilation ('off' disables; default $ARTIFEX_RL_COMPILE_CACHE or "
+                             "~/.cache/artifex_rl/jax)")
 
     env = train.add_argument_group("environment recipes (ppo, reinforce, cartpole-*, pendulum-ppo)")
     env.add_argument("--env", default=None,
@@ -169,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<{width}}  {info.description}")
         return 0
     from artifex_rl.distributed.runtime import initialize, is_main_process
+    from artifex_rl.recipes.compile_cache import enable_compile_cache
+
+    enable_compile_cache(args.compile_cache)  # before anything compiles
 
     # Before anything starts JAX's backend (checking --env reads gymnax): no-op without a coordinator.
     initialize(args.coordinator, args.num_processes, args.process_id)

@@ -19,7 +19,7 @@ from typing import Any
 
 #: Options every recipe reads (the run directory, the seed, the loggers).
 COMMON_OPTIONS = frozenset({
-    "run_dir", "seed", "wandb_mode", "wandb_project", "no_progress", "tensorboard",
+    "run_dir", "seed", "wandb_mode", "wandb_project", "no_progress", "tensorboard", "compile_cache",
     "coordinator", "num_processes", "process_id",  # several processes (artifex_rl.distributed)
 })
 
