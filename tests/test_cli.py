@@ -330,3 +330,14 @@ def test_a_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
     for summary in (first, second):
         assert summary["compile_seconds"] == pytest.approx(
             summary["compile_seconds_build"] + summary["compile_seconds_fit"])
+
+
+def test_an_unwritable_compile_cache_directory_turns_the_cache_off_with_a_warning(monkeypatch, tmp_path):
+    from artifex_rl.recipes import compile_cache
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match="compilation cache off: cannot create"):
+        assert compile_cache.enable_compile_cache(str(blocker / "cache")) is None
+    assert compile_cache.enable_compile_cache("off") is None

@@ -13,12 +13,14 @@ Where: ``--compile-cache DIR`` (``off`` disables it), else the environment
 variable ``ARTIFEX_RL_COMPILE_CACHE`` (same values), else
 ``$XDG_CACHE_HOME/artifex_rl/jax`` (``~/.cache/artifex_rl/jax``). A cache
 directory the user already gave JAX (``JAX_COMPILATION_CACHE_DIR``) is left
-as it is.
+as it is. The directory grows with every new program (tens of kB to a few
+MB each); deleting it only costs the next runs their first compilation.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 
@@ -59,7 +61,12 @@ def enable_compile_cache(option: str | None) -> str | None:
     path = resolve_cache_dir(option)
     if path is None:
         return None
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a read-only home must not stop a run: it compiles as without a cache
+        warnings.warn(f"compilation cache off: cannot create {path!r} ({e}); pass --compile-cache DIR or off",
+                      stacklevel=2)
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return path
