@@ -75,6 +75,7 @@ def make_env(name: str, env_params: Any = None, **env_kwargs: Any) -> tuple[Any,
 
 
 def is_pair(x: Any) -> bool:
+    """Whether ``x`` is a 2-tuple or 2-list (``(policy_output, value)``, or a Gaussian's ``(mean, log_std)``)."""
     return isinstance(x, (tuple, list)) and len(x) == 2
 
 
@@ -99,6 +100,7 @@ def detect_actor_critic(output: Any, policy: PolicyHead) -> bool:
 
 
 def split_output(output: Any, actor_critic: bool) -> tuple[Any, Array | None]:
+    """``(policy_output, value)`` of a model's output; ``value`` is ``None`` for a policy-only model."""
     if actor_critic:
         return output[0], output[1]
     return output, None
