@@ -7,9 +7,9 @@ and PRNG key on the device between calls, checks a model against the
 environment before anything is compiled, and saves and restores its stream
 for exact resumption. Sources with equal settings share compiled functions.
 
-Long (a little over 400 lines) because the model checks, with the error
-messages that name the shapes, and the resume code belong to the source; the
-pure rollout is in :mod:`artifex_rl.envs.collect`.
+Long because the model checks, with the error messages that name the
+shapes, and the resume code belong to the source (a little over 400 lines);
+the pure rollout is in :mod:`artifex_rl.envs.collect`.
 """
 
 from __future__ import annotations
