@@ -166,7 +166,7 @@ def test_matches_gymnax_step_loop_across_two_batches(max_steps):
         )
         for name in ("observations", "rewards", "dones", "values", "bootstrap_values"):
             np.testing.assert_allclose(batch[name], ref[name], rtol=1e-5, atol=1e-5, err_msg=name)
-        # The rollout draws all its randomness before its scan: the same draws as step by step.
+        # Each step's actions are the policy's own draws with that step's action key.
         np.testing.assert_array_equal(actions, ref["sampled_actions"])
         for name, value in sums.items():
             np.testing.assert_allclose(batch["metrics"][name], value, rtol=1e-6, err_msg=name)
